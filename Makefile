@@ -1,0 +1,31 @@
+# make demo | make test | make bench — each creates .venv and installs first.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+# Extras the test suite imports; later stages add theirs here.
+EXTRAS ?= dev
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: install
+	$(BIN)/megalang demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --timeout 900
+
+bench: install
+	@for b in bench/*.py; do echo "# $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info
