@@ -28,6 +28,7 @@ class PrepareConfig(Section):
 
     inputs: list[str] = Field(min_length=1, description="files, folders (walked recursively) or globs")
     out: str = Field(description="output artifact folder")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns on file paths to skip while walking")
     text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
     normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form")
     min_chars: int = Field(16, ge=0, description="drop documents shorter than this after normalisation")
@@ -109,8 +110,6 @@ class TrainSection(Section):
         problems = []
         if self.min_lr > self.lr:
             problems.append(f"train.min_lr ({self.min_lr}) must be <= train.lr ({self.lr})")
-        if self.warmup_steps > self.max_steps:
-            problems.append(f"train.warmup_steps ({self.warmup_steps}) must be <= train.max_steps ({self.max_steps})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -147,10 +146,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise UserError(f"override '{item}': expected key.sub=value (for example train.max_steps=100)")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_scalar(raw)
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -160,6 +156,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return tree
+
+
+def parse_scalar(raw: str) -> Any:
+    """YAML scalar parsing, plus floats like 3e-4 that YAML 1.1 leaves as strings."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""Load a trained model and its tokenizer for inference, from a run folder or an exported HF folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megalang.errors import UserError
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel, eval mode
+    tokenizer: Any  # transformers PreTrainedTokenizerFast
+    kind: str  # "run" or "export"
+    path: Path
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "checkpoints").is_dir() or (path / "config.yaml").is_file()
+
+
+def load_model_for_inference(path: str | Path, step: int | None = None) -> LoadedModel:
+    """A run folder (newest complete checkpoint, or `step`) or a Hugging Face folder with config.json."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
+    if path.is_dir() and is_run_dir(path):
+        from megalang.data.tokenizer import load_hf_tokenizer
+        from megalang.train.checkpoint import load_trained_model
+
+        model, _cfg = load_trained_model(path, step=step)
+        return LoadedModel(model, load_hf_tokenizer(path / "tokenizer"), "run", path)
+    if path.is_dir() and (path / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot load as a Hugging Face model ({str(e).splitlines()[0]})") from None
+        model.eval()
+        return LoadedModel(model, tokenizer, "export", path)
+    raise UserError(f"{path}: neither a run folder (checkpoints/) nor a Hugging Face folder (config.json)")
