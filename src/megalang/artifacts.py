@@ -152,7 +152,8 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(root: str | os.PathLike, stage: str | None = None, what: str = "", made_by: str = "") -> dict[str, Any]:
+    """The manifest of a completed artifact; with `stage`, refuse an artifact of another stage."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: no such folder")
@@ -161,6 +162,8 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     manifest = read_json(root / MANIFEST, "manifest")
     if not isinstance(manifest, dict) or "stage" not in manifest or "files" not in manifest:
         raise UserError(f"{root / MANIFEST}: not a megalang manifest (no 'stage'/'files'); re-create the artifact")
+    if stage is not None and manifest["stage"] != stage:
+        raise UserError(f"{root}: is a '{manifest['stage']}' artifact, not {what}; pass the folder written by `{made_by}`")
     return manifest
 
 

@@ -43,7 +43,11 @@ class ShardWriter:
             name = f"{self.split}-{len(self.files) // 2:05d}"
             self._bin = open(self.root / f"{name}.bin", "wb")
             self.files += [f"{name}.bin", f"{name}.idx"]
-        self._bin.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        ids = np.asarray(ids)
+        if ids.size and ids.dtype != self.dtype and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
+            # A silent wrap-around would train on the wrong tokens; this is a bug in the caller, not user input.
+            raise ValueError(f"token ids outside {self.dtype} range: min {ids.min()}, max {ids.max()}")
+        self._bin.write(ids.astype(self.dtype, copy=False).tobytes())
         self._in_shard += len(ids)
         self._ends.append(self._in_shard)
         self.tokens += len(ids)
@@ -121,15 +125,12 @@ def open_split(root: str | Path, split: str, manifest: dict[str, Any] | None = N
             raise UserError(f"{path}: size {size} is not a multiple of {dtype} ({dtype.itemsize} bytes); file truncated")
         bins.append(np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype))
         ends.append(np.fromfile(path.with_suffix(".idx"), dtype=np.uint64))
+        last_end = int(ends[-1][-1]) if len(ends[-1]) else 0
+        if last_end != len(bins[-1]):
+            raise UserError(f"{path}: {len(bins[-1])} tokens but its .idx ends at {last_end}; the shard is damaged, "
+                            "run `megalang verify` and re-run `megalang data tokenize`")
     return TokenSplit(bins, ends)
 
 
 def read_shard_manifest(root: str | Path) -> dict[str, Any]:
-    root = Path(root)
-    manifest = read_manifest(root)
-    if manifest.get("stage") != "data.tokenize":
-        raise UserError(
-            f"{root}: is a '{manifest.get('stage')}' artifact, not token shards; pass the folder written by "
-            "`megalang data tokenize`"
-        )
-    return manifest
+    return read_manifest(root, "data.tokenize", "token shards", "megalang data tokenize")

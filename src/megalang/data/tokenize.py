@@ -1,0 +1,131 @@
+"""`megalang data tokenize`: prepared documents → packed train/val token shards, EOS after every document."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_dir, write_manifest
+from megalang.config import TokenizeConfig
+from megalang.data.pipeline import iter_prepared, read_prepared_manifest
+from megalang.data.shards import SPLITS, ShardWriter, token_dtype
+from megalang.data.tokenizer import load_tokenizer, read_tokenizer_manifest
+from megalang.errors import UserError
+
+STAGE = "data.tokenize"
+_SPECIAL_IDS = ("bos_id", "eos_id", "pad_id", "unk_id")
+_BATCH_CHARS = 4 << 20
+
+
+class SplitRouter:
+    """Decides train or val per document: by source glob first, else by a hash of the document id.
+
+    The hash makes the split independent of corpus order and keeps identical documents on the same side.
+    """
+
+    def __init__(self, val_sources: list[str], val_fraction: float):
+        self.patterns = list(val_sources)
+        self.threshold = int(val_fraction * 2**64)
+        # Documents from one JSONL/Parquet file share a source: match each path once.
+        self.source_is_val = functools.lru_cache(maxsize=65536)(self._source_is_val)
+
+    def split(self, doc_id: str, source: str) -> str:
+        if self.patterns and self.source_is_val(source):
+            return "val"
+        return "val" if self.hash_is_val(doc_id) else "train"
+
+    def hash_is_val(self, doc_id: str) -> bool:
+        digest = hashlib.sha256(f"megalang-val:{doc_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") < self.threshold
+
+    def _source_is_val(self, source: str) -> bool:
+        return any(source_matches(source, p) for p in self.patterns)
+
+
+def source_matches(source: str, pattern: str) -> bool:
+    """fnmatch on the whole path or on any tail of it, so both `*/json/*` and `json/*.py` work."""
+    parts = PurePosixPath(source).parts
+    tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    return fnmatch.fnmatchcase(source, pattern) or any(fnmatch.fnmatchcase(t, pattern) for t in tails)
+
+
+def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
+    """Encode every prepared document, append EOS, write it to the train or val shards; return the manifest."""
+    read_prepared_manifest(cfg.input)
+    tok_manifest = read_tokenizer_manifest(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    vocab_size, eos = tok_manifest["vocab_size"], tok_manifest["eos_id"]
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise UserError(f"{cfg.tokenizer}: tokenizer.json has {tokenizer.get_vocab_size()} tokens, manifest says "
+                        f"{vocab_size}; re-run `megalang tokenizer train`")
+    dtype = token_dtype(vocab_size)
+    router = SplitRouter(cfg.val_sources, cfg.val_fraction)
+    with staging_dir(cfg.out, cfg.overwrite) as tmp:
+        writers = {s: ShardWriter(tmp, s, dtype, cfg.tokens_per_shard) for s in SPLITS}
+        pending = None  # held back one document, so the last one can still go to val (see below)
+        for doc_id, source, ids in encode_documents(cfg.input, tokenizer, eos, dtype, cfg.batch_docs):
+            if pending is not None:
+                writers[pending[0]].add(pending[1])
+            pending = (router.split(doc_id, source), ids)
+        if pending is not None:
+            # A val split was asked for but the hash chose none (tiny corpus): the last document becomes val.
+            asked_for_val = cfg.val_fraction > 0
+            writers["val" if asked_for_val and writers["val"].documents == 0 else pending[0]].add(pending[1])
+        splits = {s: w.close() for s, w in writers.items()}
+        check_splits(splits, cfg)
+        tokenizer_dir = Path(cfg.tokenizer).resolve()
+        return write_manifest(
+            tmp, STAGE, config=cfg.model_dump(),
+            inputs=[describe_input(cfg.input), describe_input(cfg.tokenizer)],
+            counts={
+                "documents": sum(s["documents"] for s in splits.values()),
+                "tokens": sum(s["tokens"] for s in splits.values()),
+                **{f"{s}_{what}": splits[s][what] for s in SPLITS for what in ("tokens", "documents")},
+            },
+            dtype=dtype.name,
+            vocab_size=vocab_size,
+            **{k: tok_manifest[k] for k in _SPECIAL_IDS},
+            tokenizer_sha256=sha256_file(tokenizer_dir / MANIFEST),
+            tokenizer_path=str(tokenizer_dir),
+            splits=splits,
+        )
+
+
+def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs: int) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(id, source, token ids + EOS) per document, in prepared order; batches go through the Rust encoder."""
+    batch: list[dict] = []
+    chars = 0
+    for row in iter_prepared(root):
+        batch.append(row)
+        chars += len(row["text"])
+        # Also bounded by size: an Encoding costs ~100 bytes per token, so 1024 large files could take gigabytes.
+        if len(batch) == batch_docs or chars >= _BATCH_CHARS:
+            yield from _encode_batch(batch, tokenizer, eos, dtype)
+            batch, chars = [], 0
+    yield from _encode_batch(batch, tokenizer, eos, dtype)
+
+
+def _encode_batch(batch: list[dict], tokenizer, eos: int, dtype: np.dtype) -> Iterator[tuple[str, str, np.ndarray]]:
+    if not batch:
+        return
+    encodings = tokenizer.encode_batch([row["text"] for row in batch], add_special_tokens=False)
+    for row, enc in zip(batch, encodings):
+        ids = np.empty(len(enc.ids) + 1, dtype=dtype)
+        ids[:-1] = enc.ids
+        ids[-1] = eos
+        yield row["id"], row["source"], ids
+
+
+def check_splits(splits: dict[str, dict], cfg: TokenizeConfig) -> None:
+    if splits["train"]["documents"] == 0:
+        raise UserError(f"{cfg.input}: every document went to val, none to train; loosen --val-source or "
+                        "lower --val-fraction, or prepare more documents")
+    if cfg.val_sources and cfg.val_fraction == 0 and splits["val"]["documents"] == 0:
+        raise UserError(f"--val-source {' '.join(cfg.val_sources)}: matched no document source in {cfg.input}; "
+                        "check the patterns (they match the absolute source path or any tail of it)")

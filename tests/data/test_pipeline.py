@@ -1,0 +1,153 @@
+"""data/pipeline.py: the document steps, their counts, exact dedup, the Parquet output and reading it back."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import pyarrow.parquet as pq
+import pytest
+
+from megalang.artifacts import sha256_text, verify
+from megalang.config import PrepareConfig
+from megalang.data.pipeline import (
+    STEPS,
+    Doc,
+    ExactDedup,
+    LengthFilter,
+    Normalize,
+    StepRunner,
+    StepStats,
+    build_steps,
+    iter_prepared,
+    prepare,
+)
+from megalang.errors import UserError
+
+CAFE_NFC = unicodedata.normalize("NFC", "café au lait, served hot")
+CAFE_NFD = unicodedata.normalize("NFD", CAFE_NFC)
+
+
+def cfg(tmp_path, **kw) -> PrepareConfig:
+    return PrepareConfig(**{"inputs": [str(tmp_path / "in")], "out": str(tmp_path / "out"), **kw})
+
+
+def write_inputs(tmp_path, files: dict[str, str]):
+    for rel, text in files.items():
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / rel).write_text(text, encoding="utf-8")
+
+
+# --- steps ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "form, text, expect",
+    [
+        ("NFC", f"  {CAFE_NFD}\n\n", CAFE_NFC),
+        ("NFKC", "ﬁle ①\n", "file 1"),
+        ("none", f"\t{CAFE_NFD} ", CAFE_NFD),
+    ],
+)
+def test_normalize_applies_the_unicode_form_and_strips(tmp_path, form, text, expect):
+    step = Normalize(cfg(tmp_path, normalize=form))
+    assert step(Doc(text, "s")).text == expect
+
+
+def test_normalize_keeps_inner_whitespace_of_code(tmp_path):
+    code = "def f():\n\tif x:\n        return  1\n"
+    assert Normalize(cfg(tmp_path))(Doc(code, "s")).text == code.strip()
+
+
+def test_length_drops_empty_and_short_documents(tmp_path):
+    step = LengthFilter(cfg(tmp_path, min_chars=5))
+    assert [step(Doc(t, "s")) is not None for t in ["", "abcd", "abcde"]] == [False, False, True]
+    assert LengthFilter(cfg(tmp_path, min_chars=0))(Doc("", "s")) is None
+
+
+def test_exact_dedup_keeps_the_first_occurrence(tmp_path):
+    step = ExactDedup(cfg(tmp_path))
+    kept = [step(Doc(t, src)) for t, src in [("a", "1"), ("b", "2"), ("a", "3"), ("b", "4"), ("c", "5")]]
+    assert [d.source for d in kept if d] == ["1", "2", "5"]
+
+
+def test_unknown_step_names_are_listed(tmp_path):
+    with pytest.raises(UserError, match="unknown step.*minhash.*known: normalize, length, exact_dedup"):
+        build_steps(cfg(tmp_path, steps=["normalize", "minhash"]))
+    assert set(STEPS) >= {"normalize", "length", "exact_dedup"}
+
+
+def test_step_runner_counts_documents_and_bytes_per_step(tmp_path):
+    runner = StepRunner(build_steps(cfg(tmp_path, min_chars=3)))
+    outcomes = [runner(Doc(t, "s")) for t in ["  héllo ", "x", "héllo", "ok!"]]
+    assert [(d.text, n) if d else None for d, n in outcomes] == [("héllo", 6), None, None, ("ok!", 3)]
+    assert (runner.documents_in, runner.bytes_in) == (4, 19)
+    stats = runner.stats
+    assert stats["normalize"] == StepStats(documents_in=4, documents_removed=0, bytes_in=19, bytes_out=16)
+    assert stats["length"] == StepStats(documents_in=4, documents_removed=1, bytes_in=16, bytes_out=15)
+    assert stats["exact_dedup"] == StepStats(documents_in=3, documents_removed=1, bytes_in=15, bytes_out=9)
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+
+def test_prepare_writes_parquet_docs_and_a_manifest_with_counts(tmp_path, write_jsonl):
+    write_inputs(tmp_path, {
+        "a.py": "def alpha():\n    return 1\n",
+        "b/c.md": CAFE_NFD,
+        "b/dup.txt": "def alpha():\n    return 1\n\n\n",  # same text as a.py once stripped
+        "b/tiny.txt": "short",
+        "b/notes.docx": "unknown type",
+    })
+    write_jsonl(tmp_path / "in" / "d.jsonl", [{"text": CAFE_NFC}, {"text": "a third, distinct document"}])
+    manifest = prepare(cfg(tmp_path, min_chars=10))
+    counts = manifest["counts"]
+    assert manifest["stage"] == "data.prepare"
+    assert {k: counts[k] for k in ("files", "files_skipped", "documents_in", "documents_out")} == {
+        "files": 5, "files_skipped": 1, "documents_in": 6, "documents_out": 3}
+    assert (counts["removed_normalize"], counts["removed_length"], counts["removed_exact_dedup"]) == (0, 1, 2)
+    rows = list(iter_prepared(tmp_path / "out"))
+    assert [r["text"] for r in rows] == ["def alpha():\n    return 1", CAFE_NFC, "a third, distinct document"]
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["a.py", "c.md", "d.jsonl"]
+    assert [r["id"] for r in rows] == [sha256_text(r["text"])[:16] for r in rows]
+    assert counts["bytes_out"] == sum(len(r["text"].encode()) for r in rows)
+    assert len(manifest["inputs"]) == 5 and all(i["kind"] == "raw" and len(i["sha256"]) == 64 for i in manifest["inputs"])
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["min_chars"] == 10
+    assert verify(tmp_path / "out") == []
+
+
+def test_output_rolls_over_to_a_new_parquet_file_every_docs_per_file(tmp_path):
+    write_inputs(tmp_path, {f"{i:02d}.txt": f"document number {i}" for i in range(7)})
+    manifest = prepare(cfg(tmp_path, docs_per_file=3))
+    names = sorted(n for n in manifest["files"] if n.endswith(".parquet"))
+    assert names == ["docs-00000.parquet", "docs-00001.parquet", "docs-00002.parquet"]
+    assert [pq.ParquetFile(tmp_path / "out" / n).metadata.num_rows for n in names] == [3, 3, 1]
+    assert pq.read_schema(tmp_path / "out" / names[0]).names == ["id", "text", "source"]
+    assert [r["text"] for r in iter_prepared(tmp_path / "out")] == [f"document number {i}" for i in range(7)]
+
+
+def test_an_empty_corpus_is_an_error_and_leaves_no_output(tmp_path):
+    write_inputs(tmp_path, {"a.txt": "tiny", "b.txt": "   \n"})
+    with pytest.raises(UserError, match=r"empty corpus: no documents left after filtering \(2 read from 2 files; "
+                                        r"removed normalize=0, length=2, exact_dedup=0\)"):
+        prepare(cfg(tmp_path))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_skip_mode_skips_bad_files_and_lines_and_lists_them(tmp_path, write_jsonl):
+    write_inputs(tmp_path, {"good.txt": "a perfectly good document"})
+    (tmp_path / "in" / "bad.txt").write_bytes(b"\0\0binary")
+    write_jsonl(tmp_path / "in" / "mixed.jsonl", [{"text": "a good line of JSONL"}, "{nope", {"text": "another good line"}])
+    with pytest.raises(UserError, match="bad.txt: binary file"):
+        prepare(cfg(tmp_path))
+    manifest = prepare(cfg(tmp_path, errors="skip"))
+    assert manifest["counts"]["documents_out"] == 3 and manifest["counts"]["errors_skipped"] == 2
+    assert [e.split(": ")[0].rsplit("/", 1)[-1] for e in manifest["errors"]] == ["bad.txt", "mixed.jsonl:2"]
+
+
+def test_iter_prepared_refuses_other_folders(tmp_path, tokenizer_dir):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="plain: no manifest.json"):
+        next(iter_prepared(tmp_path / "plain"))
+    with pytest.raises(UserError, match="is a 'tokenizer.train' artifact, not prepared documents"):
+        next(iter_prepared(tokenizer_dir))
