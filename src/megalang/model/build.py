@@ -1,0 +1,146 @@
+"""Build the transformers model a run trains: a preset initialised from the seed, or a pretrained folder / GGUF.
+
+Models are constructed on the `meta` device and materialised afterwards, so a 100B preset never exists in full.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megalang.config import ModelConfig
+from megalang.errors import UserError
+from megalang.model.presets import get_preset
+
+INIT_STD = 0.02
+
+
+def special_ids(shard_manifest: dict[str, Any]) -> dict[str, int | None]:
+    """bos/eos/pad/unk ids of the tokenizer that made the shards (None where it has no such token)."""
+    return {k: shard_manifest.get(f"{k}_id") for k in ("bos", "eos", "pad", "unk")}
+
+
+def build_llama_config(model_cfg: ModelConfig, vocab_size: int, seq_len: int, special_ids: dict[str, Any]):
+    """The LlamaConfig of a preset, sized to the tokenizer and sequence length."""
+    from transformers import LlamaConfig
+
+    kwargs = get_preset(model_cfg.preset)
+    kwargs["vocab_size"] = vocab_size
+    theta = kwargs.pop("rope_theta")
+    return LlamaConfig(
+        **kwargs,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        max_position_embeddings=seq_len,
+        attention_dropout=model_cfg.dropout,
+        initializer_range=INIT_STD,
+        attn_implementation="sdpa",
+        bos_token_id=special_ids.get("bos"),
+        eos_token_id=special_ids.get("eos"),
+        pad_token_id=special_ids.get("pad"),
+    )
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    vocab_size: int,
+    seq_len: int,
+    special_ids: dict[str, Any],
+    seed: int,
+    device: str | torch.device = "cpu",
+):
+    """A LlamaForCausalLM in fp32 and train mode; `device="meta"` returns it unmaterialised.
+
+    A meta model is what a parallelize pass shards before `materialize(model, device, seed)` fills it.
+    """
+    if model_cfg.pretrained:
+        if str(device) == "meta":
+            raise UserError("model.pretrained cannot be built on the meta device; its weights come from disk")
+        return load_pretrained(model_cfg, vocab_size, seq_len).to(device)
+    from transformers import LlamaForCausalLM
+
+    config = build_llama_config(model_cfg, vocab_size, seq_len, special_ids)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    if str(device) != "meta":
+        materialize(model, device, seed)
+    return model.train()
+
+
+def materialize(model, device: str | torch.device, seed: int | None) -> None:
+    """Allocate a meta model on `device`, rebuild its computed buffers, and initialise it from `seed` (if given)."""
+    model.to_empty(device=device)
+    reset_computed_buffers(model)
+    # to_empty gives tied parameters separate storage; tie them again before initialising.
+    model.tie_weights()
+    if seed is not None:
+        init_weights(model, seed)
+
+
+def reset_computed_buffers(model) -> None:
+    """Recompute non-persistent buffers (RoPE inverse frequencies), which no state dict carries.
+
+    After `to_empty` they hold garbage; a fresh rotary module on the CPU computes them exactly as a
+    normally constructed model does.
+    """
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):
+            fresh = type(module)(module.config)
+            for name, buf in fresh.named_buffers(recurse=False):
+                getattr(module, name).copy_(buf)
+
+
+@torch.no_grad()
+def init_weights(model, seed: int) -> None:
+    """Initialise every weight from one generator seeded by `seed`, in module order (deterministic).
+
+    Normal(0, 0.02) for embeddings and linear layers, ones for norms; the projections that write into the
+    residual stream (o_proj, down_proj) get std 0.02/sqrt(2·layers) so the residual variance does not grow
+    with depth (GPT-2 / OLMo). Uses its own generator so the global RNG (dropout) stays untouched.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    residual_std = INIT_STD / math.sqrt(2 * model.config.num_hidden_layers)
+    done: set[int] = set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or id(weight) in done:
+            continue  # tied weights are initialised once, by the module that comes first
+        done.add(id(weight))
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            std = residual_std if name.endswith(("o_proj", "down_proj")) else INIT_STD
+            torch.nn.init.normal_(weight, mean=0.0, std=std, generator=gen)
+        else:
+            torch.nn.init.ones_(weight)  # RMSNorm
+        if getattr(module, "bias", None) is not None:
+            torch.nn.init.zeros_(module.bias)
+
+
+def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int):
+    """`model.pretrained`: a Hugging Face folder (config.json + weights) or a .gguf file, loaded in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model_cfg.pretrained)
+    if path.is_file() and path.suffix == ".gguf":
+        folder, extra = path.parent, {"gguf_file": path.name}
+    elif path.is_dir() and (path / "config.json").is_file():
+        folder, extra = path, {}
+    else:
+        raise UserError(f"model.pretrained={path}: not a Hugging Face folder (config.json) or a .gguf file")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="sdpa", attention_dropout=model_cfg.dropout, **extra
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.pretrained={path}: cannot load ({str(e).splitlines()[0]})") from None
+    if model.config.vocab_size < vocab_size:
+        raise UserError(
+            f"model.pretrained={path}: the model has {model.config.vocab_size} token ids but the shards use "
+            f"{vocab_size}; tokenize data.shards with the model's tokenizer"
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", seq_len)
+    if max_pos < seq_len:
+        raise UserError(f"train.seq_len={seq_len} exceeds model.pretrained's max_position_embeddings ({max_pos})")
+    return model.train()

@@ -1,0 +1,222 @@
+"""Checkpoints under `RUN/checkpoints/step-N/`: torch.distributed.checkpoint (DCP) tensors, JSON for the rest.
+
+A checkpoint is written into `step-N.tmp/`, gets `COMPLETE.json` last, and is then renamed; only folders
+with a COMPLETE.json are ever discovered, so a crash at any moment leaves the previous one in charge.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from megalang.artifacts import fsync_dir, read_json, write_json_atomic
+from megalang.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE.json"
+TRAINER_STATE = "trainer_state.json"  # step, tokens, scheduler, loader, RNG, loss scaler
+RUN_CONFIG = "run_config.json"  # the resolved RunConfig plus derived values (global batch, tokenizer hash)
+MODEL_CONFIG = "model_config.json"  # the transformers config, so the model rebuilds without the recipe
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    root = checkpoints_dir(run_dir)
+    found = []
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and (path / COMPLETE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_complete(run_dir: str | os.PathLike) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns on every call without a process group; one process is a supported, intended case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+# --- RNG --------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """Torch CPU (and CUDA) generator states as base64, so dropout continues identically after a resume.
+
+    Data order and initialisation use their own seeded generators, so numpy/python RNGs hold no state.
+    """
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    def decode(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(decode(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([decode(s) for s in state["cuda"]])
+
+
+# --- save -------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loader: Any,
+    tokens_seen: int,
+    run_config: dict[str, Any],
+    keep: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention."""
+    root = checkpoints_dir(run_dir)
+    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _quiet_dcp():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    trainer_state = {
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "scheduler": scheduler.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": capture_rng(),
+        **(extra or {}),
+    }
+    write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+    write_json_atomic(tmp / RUN_CONFIG, run_config)
+    write_json_atomic(tmp / MODEL_CONFIG, model.config.to_dict())
+    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(tmp / COMPLETE, {"step": step, "tokens_seen": tokens_seen, "time": now, "files": files})
+    if final.exists():  # an older save of the same step that a resume is about to replace
+        _remove_checkpoint(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    apply_retention(run_dir, keep)
+    return final
+
+
+def _remove_checkpoint(path: Path) -> None:
+    # COMPLETE.json goes first: a deletion cut short must not leave a folder that looks complete.
+    (path / COMPLETE).unlink(missing_ok=True)
+    fsync_dir(path)
+    shutil.rmtree(path)
+
+
+def apply_retention(run_dir: str | os.PathLike, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; remove older ones and older incomplete leftovers."""
+    complete = complete_checkpoints(run_dir)
+    for _step, path in complete[:-keep]:
+        _remove_checkpoint(path)
+    if complete:
+        newest = complete[-1][0]
+        for path in checkpoints_dir(run_dir).iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and int(match.group(1)) < newest and not (path / COMPLETE).exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> None:
+    """`step-N.tmp/` folders are saves that never completed (the process died); nothing can use them."""
+    root = checkpoints_dir(run_dir)
+    for path in root.glob("step-*.tmp") if root.is_dir() else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- load -------------------------------------------------------------------------------------------
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(path) / RUN_CONFIG, "checkpoint config")
+
+
+def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader) -> dict[str, Any]:
+    """Load a complete checkpoint into the given objects (in place); return the trainer state
+    (step, tokens_seen, and anything saved as `extra`, such as the fp16 loss scaler)."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE})")
+    # get_state_dict gives tensors of the right shapes (sharded, later) for DCP to load into.
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with _quiet_dcp():
+        dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer_state = read_json(path / TRAINER_STATE, "trainer state")
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    loader.load_state_dict(trainer_state["loader"])
+    restore_rng(trainer_state["rng"])
+    return trainer_state
+
+
+def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Path:
+    """The newest complete checkpoint, or the one of `step`; UserError naming what exists otherwise."""
+    complete = complete_checkpoints(run_dir)
+    if not complete:
+        raise UserError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/; train first (or wait for one)")
+    if step is None:
+        return complete[-1][1]
+    for s, path in complete:
+        if s == step:
+            return path
+    steps = ", ".join(str(s) for s, _ in complete)
+    raise UserError(f"{run_dir}: no complete checkpoint for step {step}; complete steps: {steps}")
+
+
+def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
+    """(LlamaForCausalLM in eval mode, on CPU, fp32, with the checkpoint's weights; its RunConfig)."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    from megalang.config import RunConfig, build_config
+    from megalang.model.build import materialize
+
+    path = find_checkpoint(run_dir, step)
+    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
+    raw = read_json(path / MODEL_CONFIG, "model config")
+    config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    materialize(model, "cpu", seed=None)
+    state = {"model": get_model_state_dict(model)}
+    with _quiet_dcp():
+        dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    return model.eval(), cfg

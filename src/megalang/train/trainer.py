@@ -1,0 +1,473 @@
+"""`megalang train`: the training loop, in small named phases, and the run folder it fills.
+
+next_batch → forward_backward → optimizer_step → maybe_eval → log → maybe_save. Re-running the same
+command resumes from the newest complete checkpoint and reproduces an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from megalang.artifacts import MANIFEST, describe_input, fsync_dir, sha256_file, write_json_atomic, write_manifest
+from megalang.config import RunConfig
+from megalang.data.loader import SampleLoader, eval_batches, num_windows
+from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
+from megalang.errors import UserError
+from megalang.model.build import build_model, special_ids
+from megalang.model.presets import get_preset
+from megalang.monitor.flops import flops_per_token, mfu, peak_flops
+from megalang.monitor.metrics import METRICS_FILE, MetricsSink, read_metrics
+from megalang.monitor.progress import LineReporter, make_reporter
+from megalang.parallel.parallelize import parallelize
+from megalang.train.checkpoint import (
+    complete_checkpoints,
+    latest_complete,
+    load_checkpoint,
+    read_run_config,
+    remove_stale_tmp,
+    save_checkpoint,
+)
+from megalang.train.optim import build_optimizer, build_scheduler
+
+SUMMARY = "summary.json"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+FAULT_ENV = "MEGALANG_FAULT_AT_STEP"  # crash-test hook: SystemExit right after this step (and its checkpoint)
+
+
+@dataclass
+class Throughput:
+    """Tokens/s between log steps, excluding eval and checkpoint time; the first interval (allocation,
+    compilation, warm caches) is kept out of the steady-state mean."""
+
+    last: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    paused: float = 0.0
+    intervals: int = 0
+    steady_tokens: int = 0
+    steady_seconds: float = 0.0
+    first_rate: float | None = None
+
+    def measure(self, tokens_per_step: int) -> tuple[float, float]:
+        """(tokens/s, seconds per step) since the previous call; resets the interval."""
+        now = time.perf_counter()
+        seconds = max(now - self.last - self.paused, 1e-9)
+        tokens = self.steps * tokens_per_step
+        rate, step_time = tokens / seconds, seconds / max(self.steps, 1)
+        if self.intervals == 0:
+            self.first_rate = rate
+        else:
+            self.steady_tokens += tokens
+            self.steady_seconds += seconds
+        self.intervals += 1
+        self.last, self.steps, self.paused = now, 0, 0.0
+        return rate, step_time
+
+    def steady_rate(self) -> float | None:
+        return self.steady_tokens / self.steady_seconds if self.steady_seconds else self.first_rate
+
+
+@dataclass
+class Trainer:
+    """Everything the phases share. Built by `setup`, advanced by `train_step`."""
+
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: SampleLoader
+    val_split: TokenSplit | None
+    sink: MetricsSink
+    run_config: dict[str, Any]
+    accum: int
+    flops_per_token: float
+    peak: float | None
+    step: int = 0
+    tokens_seen: int = 0
+    resumed_from: int | None = None
+    clock: Throughput = field(default_factory=Throughput)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.run_config["derived"]["global_batch_tokens"]
+
+    def autocast(self):
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+# --- the entry point --------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train (or resume) the run in `cfg.run.dir`; return the summary also written to summary.json."""
+    started = time.perf_counter()
+    t = setup(cfg)
+    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+    try:
+        with make_reporter(cfg.train.max_steps, t.step, cfg.train.progress) as report:
+            if t.resumed_from is not None:
+                report.message(f"resuming {t.run_dir} from step {t.resumed_from}")
+            while t.step < cfg.train.max_steps:
+                train_step(t, report)
+                if fault_at and t.step == fault_at:
+                    raise SystemExit(f"{FAULT_ENV}={fault_at}: stopping after step {fault_at} (fault injection)")
+    finally:
+        t.sink.close()
+    return finish(t, time.perf_counter() - started)
+
+
+def train_step(t: Trainer, report: LineReporter) -> None:
+    """One optimizer step and what follows it; host syncs happen only in `log` and `maybe_eval`."""
+    step = t.step + 1
+    logging = step == 1 or step % t.cfg.train.log_every == 0 or step == t.cfg.train.max_steps
+    loss = forward_backward(t)
+    lr = t.optimizer.param_groups[0]["lr"]
+    grad_norm = optimizer_step(t, need_norm=logging)
+    t.step, t.tokens_seen = step, t.tokens_seen + t.tokens_per_step
+    t.clock.steps += 1
+    val_loss = maybe_eval(t)
+    if logging or val_loss is not None:
+        log(t, report, loss, lr, grad_norm, val_loss)
+    maybe_save(t)
+
+
+# --- phases -----------------------------------------------------------------------------------------
+
+
+def next_batch(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids, labels = next(t.loader)
+    # Pinned host memory lets the host-to-device copy overlap with compute (CUDA only).
+    if t.device.type == "cuda":
+        return input_ids.pin_memory().to(t.device, non_blocking=True), labels.pin_memory().to(t.device, non_blocking=True)
+    return input_ids, labels
+
+
+def forward_backward(t: Trainer) -> torch.Tensor:
+    """Accumulate gradients over `accum` micro-batches; return the mean loss as a tensor (no host sync)."""
+    total = torch.zeros((), device=t.device)
+    for _ in range(t.accum):
+        input_ids, labels = next_batch(t)
+        with t.autocast():
+            logits = t.model(input_ids=input_ids).logits
+        # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        scaled = loss / t.accum  # every micro-batch has the same token count, so this is the token mean
+        (t.scaler.scale(scaled) if t.scaler else scaled).backward()
+        total += loss.detach()
+    return total / t.accum
+
+
+def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
+    """Clip, step, advance the schedule. Returns the pre-clip grad norm (a tensor; computed when clipping
+    or when the step is logged)."""
+    if t.scaler:
+        t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
+    params = [p for p in t.model.parameters() if p.grad is not None]
+    norm = None
+    if t.cfg.train.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, t.cfg.train.grad_clip, foreach=True)
+    elif need_norm:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if t.scaler:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def maybe_eval(t: Trainer) -> float | None:
+    """Val loss every `eval_every` steps (0: only at the end) and always at the last step."""
+    every, last = t.cfg.train.eval_every, t.step == t.cfg.train.max_steps
+    if t.val_split is None or not (last or (every and t.step % every == 0)):
+        return None
+    started = time.perf_counter()
+    loss = evaluate_loss(t)
+    t.clock.paused += time.perf_counter() - started
+    return loss
+
+
+@torch.no_grad()
+def evaluate_loss(t: Trainer) -> float:
+    """Token-mean cross-entropy over the fixed val windows (this rank's share; multi-rank runs will
+    all-reduce the sum and count before dividing)."""
+    t.model.eval()
+    total, count = torch.zeros((), device=t.device, dtype=torch.float64), 0
+    for input_ids, labels in eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size,
+                                          t.cfg.train.eval_batches, t.loader.rank, t.loader.world):
+        input_ids, labels = input_ids.to(t.device), labels.to(t.device)
+        with t.autocast():
+            logits = t.model(input_ids=input_ids).logits
+        total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+        count += labels.numel()
+    t.model.train()
+    return total.item() / count
+
+
+def log(t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val_loss: float | None) -> None:
+    """The only place a step reads values back from the device (.item() syncs)."""
+    tokens_per_s, step_time = t.clock.measure(t.tokens_per_step)
+    values = {
+        "loss": loss.item(),
+        "lr": lr,
+        "grad_norm": grad_norm.item() if grad_norm is not None else None,
+        "tokens": t.tokens_seen,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(tokens_per_s, t.flops_per_token, t.peak),
+        "step_time": step_time,
+        "epoch": t.loader.consumed / t.loader.num_samples,
+    }
+    if val_loss is not None:
+        values["val_loss"] = val_loss
+    report.update(t.step, t.sink.log(t.step, **values))
+
+
+def maybe_save(t: Trainer) -> None:
+    """Every `checkpoint.every` steps, and always at the last step (the run's product is its final weights)."""
+    every, last = t.cfg.checkpoint.every, t.step == t.cfg.train.max_steps
+    if not (last or (every and t.step % every == 0)):
+        return
+    started = time.perf_counter()
+    save_checkpoint(
+        t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
+        tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
+        extra={"scaler": t.scaler.state_dict()} if t.scaler else None,
+    )
+    t.clock.paused += time.perf_counter() - started
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+
+def setup(cfg: RunConfig) -> Trainer:
+    """Check everything that can be wrong before touching the run folder, then build the run."""
+    if not cfg.data.shards:
+        raise UserError("data.shards is not set; pass data.shards=FOLDER (written by `megalang data tokenize`)")
+    manifest = read_shard_manifest(cfg.data.shards)
+    if not cfg.model.pretrained:
+        get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
+    rank, world = rank_and_world()
+    device = pick_device(cfg)
+    accum = grad_accum_steps(cfg, world)
+    run_config = resolved_run_config(cfg, manifest, world, accum)
+    run_dir = Path(cfg.run.dir)
+    resume_from = find_resume(cfg, run_dir, run_config)
+    loader = SampleLoader(open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len,
+                          cfg.train.micro_batch_size, cfg.seed, rank, world)
+    prepare_run_dir(cfg, run_dir, manifest)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed, device)
+    parallelize(model, None, cfg.train)
+    optimizer = build_optimizer(model, cfg.train)
+    t = Trainer(
+        cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train),
+        scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
+        loader=loader, val_split=open_val_split(cfg, manifest),
+        sink=MetricsSink(run_dir / METRICS_FILE, enabled=rank == 0), run_config=run_config, accum=accum,
+        flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
+        peak=peak_flops(device, cfg.train.precision),
+    )
+    if resume_from is not None:
+        resume(t, resume_from)
+    return t
+
+
+def resume(t: Trainer, path: Path) -> None:
+    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader)
+    if t.scaler and "scaler" in state:
+        t.scaler.load_state_dict(state["scaler"])
+    t.step, t.tokens_seen, t.resumed_from = state["step"], state["tokens_seen"], state["step"]
+
+
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def pick_device(cfg: RunConfig) -> torch.device:
+    wanted = cfg.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a CUDA device (loss scaling); use bf16 or fp32 on CPU")
+    return device
+
+
+def grad_accum_steps(cfg: RunConfig, world: int) -> int:
+    """Micro-batches per optimizer step so that each step sees `train.global_batch_tokens`."""
+    tc = cfg.train
+    per_micro = tc.micro_batch_size * tc.seq_len * world
+    gbt = tc.global_batch_tokens or per_micro
+    if gbt % per_micro:
+        raise UserError(
+            f"train.global_batch_tokens={gbt} is not a multiple of train.micro_batch_size × train.seq_len × "
+            f"ranks = {tc.micro_batch_size} × {tc.seq_len} × {world} = {per_micro}"
+        )
+    return gbt // per_micro
+
+
+def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, accum: int) -> dict[str, Any]:
+    """The config saved with every checkpoint, plus the values derived from it and from the data."""
+    tc = cfg.train
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "derived": {
+            "global_batch_tokens": tc.micro_batch_size * tc.seq_len * world * accum,
+            "world_size": world,
+            "grad_accum": accum,
+            "vocab_size": manifest["vocab_size"],
+            "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+            "tokenizer_path": manifest.get("tokenizer_path"),
+            "shards": str(Path(cfg.data.shards).resolve()),
+        },
+    }
+
+
+def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue."""
+    latest = latest_complete(run_dir)
+    if latest is None:
+        return None
+    if cfg.checkpoint.resume == "never":
+        raise UserError(
+            f"{run_dir} already has checkpoints but checkpoint.resume=never; choose another run.dir or remove it"
+        )
+    check_resume_compatible(latest, read_run_config(latest), run_config)
+    return latest
+
+
+def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint continues only with the same architecture, sequence length, global batch and tokenizer."""
+    checks = [
+        ("model", saved["config"]["model"], current["config"]["model"]),
+        ("train.seq_len", saved["config"]["train"]["seq_len"], current["config"]["train"]["seq_len"]),
+        ("train.global_batch_tokens", saved["derived"]["global_batch_tokens"], current["derived"]["global_batch_tokens"]),
+        ("tokenizer (tokenizer_sha256 of data.shards)", saved["derived"]["tokenizer_sha256"],
+         current["derived"]["tokenizer_sha256"]),
+    ]
+    for name, old, new in checks:
+        if old != new:
+            raise UserError(
+                f"{name} changed since checkpoint {path} ({old} → {new}); restore it to resume, or train into a "
+                "new run.dir"
+            )
+
+
+def open_val_split(cfg: RunConfig, manifest: dict[str, Any]) -> TokenSplit | None:
+    """The val split, or None (val loss skipped) when the shards hold no window of it."""
+    if not manifest["splits"].get("val", {}).get("files"):
+        return None
+    split = open_split(cfg.data.shards, "val", manifest)
+    return split if num_windows(split, cfg.train.seq_len) else None
+
+
+def seed_everything(seed: int) -> None:
+    """Init and data order use their own generators; this seeds dropout and any third-party randomness."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+# --- the run folder ---------------------------------------------------------------------------------
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Create or reopen the run folder: config, tokenizer copy; drop what marks it finished."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(run_dir)
+    # An unfinished run must not look like a complete artifact: manifest.json and summary.json come last.
+    for name in (MANIFEST, SUMMARY):
+        (run_dir / name).unlink(missing_ok=True)
+    # JSON is valid YAML, and this keeps to the one atomic-write helper; `megalang train config.yaml` re-runs it.
+    write_json_atomic(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
+    copy_tokenizer(manifest, run_dir / TOKENIZER_DIR)
+
+
+def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
+    """Copy the shards' tokenizer folder into the run, so export and generate need nothing outside it."""
+    source = Path(manifest.get("tokenizer_path") or "")
+    if not manifest.get("tokenizer_path") or not source.is_dir():
+        raise UserError(
+            f"data.shards: the tokenizer folder '{source}' named in its manifest is missing; restore it or "
+            "re-run `megalang data tokenize`"
+        )
+    if (dest / MANIFEST).is_file() and (source / MANIFEST).is_file() and \
+            sha256_file(dest / MANIFEST) == sha256_file(source / MANIFEST):
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
+    """summary.json, then manifest.json (the last file: it hashes everything else)."""
+    summary = build_summary(t, wall_seconds)
+    if t.loader.rank != 0:
+        return summary
+    write_json_atomic(t.run_dir / SUMMARY, summary)
+    write_manifest(
+        t.run_dir, "train", t.cfg.model_dump(mode="json"),
+        inputs=[describe_input(t.cfg.data.shards), describe_input(t.run_config["derived"]["tokenizer_path"])],
+        counts={"steps": t.step, "tokens_seen": t.tokens_seen, "params": summary["total_params"],
+                "checkpoints": len(complete_checkpoints(t.run_dir))},
+    )
+    return summary
+
+
+def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
+    """From metrics.jsonl, so a resumed run reports the whole run, not only its last leg."""
+    records = read_metrics(t.run_dir / METRICS_FILE)
+    losses = [r["loss"] for s, r in records.items() if s <= t.step and r.get("loss") is not None]
+    vals = [r["val_loss"] for s, r in records.items() if s <= t.step and r.get("val_loss") is not None]
+    rate = t.clock.steady_rate()
+    if rate is None:  # nothing trained in this call (already complete): the logged rates
+        logged = [r["tokens_per_s"] for r in records.values() if r.get("tokens_per_s")]
+        rate = sum(logged) / len(logged) if logged else None
+    return {
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "val_loss": vals[-1] if vals else None,
+        "tokens_seen": t.tokens_seen,
+        "steps": t.step,
+        "trainable_params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in t.model.parameters()),
+        "wall_seconds": round(wall_seconds, 3),
+        "tokens_per_s": rate,
+        "mfu": mfu(rate, t.flops_per_token, t.peak) if rate else None,
+        "peak_flops": t.peak,
+        "flops_per_token": t.flops_per_token,
+        "precision": t.cfg.train.precision,
+        "device": str(t.device),
+        "resumed_from_step": t.resumed_from,
+        "run_dir": str(t.run_dir.resolve()),
+    }
