@@ -50,3 +50,15 @@ def test_verify_and_lineage(tmp_path):
     assert bad.exit_code == 1 and "f.bin" in bad.output
     missing = runner.invoke(app, ["verify", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_error_text_with_brackets_is_printed_verbatim(tmp_path):
+    """Rich markup in a message (a key like `[train]` or a path with brackets) must not be swallowed."""
+    from typer.testing import CliRunner
+
+    from megalang.cli import app
+
+    missing = tmp_path / "dir[train]" / "recipe.yaml"
+    r = CliRunner().invoke(app, ["train", str(missing)])
+    assert r.exit_code == 2
+    assert "dir[train]" in r.output

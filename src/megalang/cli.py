@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from megalang import __version__
 from megalang.config import (
@@ -52,7 +53,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -85,6 +86,10 @@ def data_prepare(
     text_field: Annotated[str, typer.Option(help="JSONL key / Parquet column with the text.")] = "text",
     min_chars: Annotated[int, typer.Option(help="Drop shorter documents.")] = 16,
     normalize: Annotated[str, typer.Option(help="NFC, NFKC or none.")] = "NFC",
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", help="Glob on file paths to skip while walking; repeatable.")
+    ] = None,
+    errors: Annotated[str, typer.Option(help="strict: stop at a bad file; skip: skip it and list it in the manifest.")] = "strict",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ):
     """Read text/JSONL(.gz)/Parquet files, normalise, drop empty and short docs, exact-dedup → Parquet."""
@@ -92,7 +97,10 @@ def data_prepare(
 
     cfg = build_config(
         PrepareConfig,
-        dict(inputs=input, out=out_dir, text_field=text_field, min_chars=min_chars, normalize=normalize, overwrite=overwrite),
+        dict(
+            inputs=input, out=out_dir, text_field=text_field, min_chars=min_chars, normalize=normalize,
+            exclude=exclude or [], errors=errors, overwrite=overwrite,
+        ),
     )
     manifest = prepare(cfg)
     out.print(f"prepared {out_dir}: " + _counts(manifest["counts"]))
@@ -130,12 +138,18 @@ def tokenizer_train(
     input: Annotated[str, typer.Option("--input", "-i", help="Folder from `data prepare`.")],
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Output tokenizer folder.")],
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 8192,
+    max_sentences: Annotated[
+        Optional[int], typer.Option(help="Sentences (runs of up to 8 lines) sampled for training; bounds time and memory.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ):
     """Train a SentencePiece BPE tokenizer (byte fallback) and write an identical tokenizer.json."""
     from megalang.data.tokenizer import train_tokenizer
 
-    cfg = build_config(TokenizerTrainConfig, dict(input=input, out=out_dir, vocab_size=vocab_size, overwrite=overwrite))
+    options = dict(input=input, out=out_dir, vocab_size=vocab_size, overwrite=overwrite)
+    if max_sentences is not None:
+        options["max_sentences"] = max_sentences
+    cfg = build_config(TokenizerTrainConfig, options)
     manifest = train_tokenizer(cfg)
     out.print(f"tokenizer {out_dir}: " + _counts(manifest["counts"]))
 

@@ -28,6 +28,8 @@ VAL_MODULES = ["*/json/*", "*/csv.py", "*/textwrap.py", "*/heapq.py", "*/fractio
 EXCLUDE = ["*/site-packages/*", "*/test/*", "*/tests/*", "*/idlelib/*", "*/lib2to3/*", "*/__pycache__/*"]
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 PROMPT = "import os\n\n\ndef "
+# Val windows of 256 tokens scored for the perplexity before and after training (40 x 8 x 256 = 82k tokens max).
+EVAL_BATCHES = 40
 
 
 def stdlib_dir() -> Path:
@@ -64,13 +66,15 @@ def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: st
     stage("tokenize", shards, tokenize, TokenizeConfig(input=str(data), tokenizer=str(tok), out=str(shards), val_fraction=0, val_sources=VAL_MODULES))
 
     recipe = load_yaml(DEMO_RECIPE)
-    demo_opts = recipe.pop("demo", {})
-    overrides = {"model": {"preset": preset}, "data": {"shards": str(shards)}, "run": {"dir": str(run)}}
+    overrides: dict[str, Any] = {"model": {"preset": preset}, "data": {"shards": str(shards)}, "run": {"dir": str(run)}, "train": {}}
     if max_steps is not None:
-        overrides["train"] = {"max_steps": max_steps, "warmup_steps": min(recipe["train"]["warmup_steps"], max_steps)}
+        overrides["train"] |= {"max_steps": max_steps, "warmup_steps": min(recipe["train"]["warmup_steps"], max_steps)}
+    if recipe["train"].get("precision") == "bf16" and not native_bf16():
+        say("[train] this CPU has no native bf16 matmul; training in fp32")
+        overrides["train"]["precision"] = "fp32"
     cfg = build_config(RunConfig, deep_merge(recipe, overrides), f"{DEMO_RECIPE} + demo arguments")
 
-    eval_batches = demo_opts.get("eval_batches")
+    eval_batches = EVAL_BATCHES
     untrained = untrained_perplexity(cfg, shards, eval_batches)
     t = time.perf_counter()
     summary = train(cfg)
@@ -99,7 +103,7 @@ def untrained_perplexity(cfg: RunConfig, shards: Path, max_batches: int | None) 
     """Val perplexity of the model training starts from (same preset, same seed)."""
     from megalang.data.shards import open_split, read_shard_manifest
     from megalang.evaluate.perplexity import evaluate_perplexity
-    from megalang.model.build import build_model
+    from megalang.model.build import build_model, special_ids
 
     manifest = read_shard_manifest(shards)
     model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed)
@@ -107,8 +111,14 @@ def untrained_perplexity(cfg: RunConfig, shards: Path, max_batches: int | None) 
     return evaluate_perplexity(model, split, cfg.train.seq_len, 8, max_batches)["perplexity"]
 
 
-def special_ids(manifest: dict[str, Any]) -> dict[str, int]:
-    return {k: manifest[f"{k}_id"] for k in ("bos", "eos", "pad", "unk")}
+def native_bf16() -> bool:
+    """Whether bf16 autocast will be fast here: a CUDA device, or a CPU with AVX512-BF16 / AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
 
 def print_summary(say, r: dict[str, Any]) -> None:
