@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -291,6 +292,8 @@ def _counts(counts: dict) -> str:
 
 
 def main() -> None:
+    # transformers' per-call progress bars ("Loading weights", "Writing model shards") drown the stage output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app(prog_name="megalang")
 
 
