@@ -1,0 +1,109 @@
+"""Data loading: the loader's time per micro-batch as a fraction of a training step, and shard read speed.
+
+The loader (`SampleLoader`) reads shuffled windows straight from the memory-mapped shards. Its time per
+micro-batch is compared with one optimizer step of the `tiny` preset on the same micro-batch shape (the
+demo's), timed through megalang's own trainer. Shard read speed is a sequential pass over the memmap
+(page-cache warm: the second pass) and a shuffled-window pass as the loader does it.
+Prints one JSON line.
+
+Usage: python bench/data_loader.py [--tokens 100000000] [--batches 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_shards(root: Path, tokens: int, vocab: int = 8192) -> Path:
+    from megalang.artifacts import describe_input, sha256_file, write_manifest
+    from megalang.data.shards import ShardWriter
+
+    tok = root / "tok"
+    tok.mkdir(parents=True)
+    (tok / "tokenizer.json").write_text("{}")
+    write_manifest(tok, "tokenizer.train", {}, [], {})
+    shards = root / "shards"
+    shards.mkdir()
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", tokens), ("val", 100_000)):
+        writer = ShardWriter(shards, split, np.dtype(np.uint16), 1 << 26)
+        doc = 10_000
+        for _ in range(n // doc):
+            writer.add(np.append(rng.integers(3, vocab, doc - 1, dtype=np.uint16), np.uint16(2)))
+        splits[split] = writer.close()
+    write_manifest(shards, "data.tokenize", {}, [describe_input(tok)], {}, dtype="uint16", vocab_size=vocab,
+                   eos_id=2, bos_id=1, pad_id=0, unk_id=None, tokenizer_sha256=sha256_file(tok / "manifest.json"),
+                   tokenizer_path=str(tok), splits=splits)
+    return shards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=100_000_000)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    args = parser.parse_args()
+
+    from megalang.config import RunConfig
+    from megalang.data.loader import SampleLoader
+    from megalang.data.shards import open_split, read_shard_manifest
+    from megalang.train.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shards = write_shards(root, args.tokens)
+        manifest = read_shard_manifest(shards)
+        split = open_split(shards, "train", manifest)
+
+        # Sequential read of every shard file, twice; the second pass is from the page cache.
+        files = sorted(shards.glob("train-*.bin"))
+        nbytes = sum(f.stat().st_size for f in files)
+        seq_seconds = []
+        for _ in range(2):
+            started = time.perf_counter()
+            checksum = 0
+            for f in files:
+                checksum += int(np.memmap(f, dtype=np.uint16, mode="r").sum(dtype=np.uint64) & 0xFF)
+            seq_seconds.append(time.perf_counter() - started)
+
+        loader = SampleLoader(split, args.seq_len, args.micro_batch, seed=0)
+        next(loader)  # the epoch permutation is built on first use
+        started = time.perf_counter()
+        for _ in range(args.batches):
+            input_ids, labels = next(loader)
+        loader_seconds = (time.perf_counter() - started) / args.batches
+        window_bytes = args.micro_batch * (args.seq_len + 1) * 2
+
+        step_seconds = {}
+        for precision in ("fp32", "bf16"):
+            cfg = RunConfig.model_validate({
+                "model": {"preset": "tiny"}, "data": {"shards": str(shards)},
+                "train": {"max_steps": 25, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
+                          "precision": precision, "log_every": 5, "eval_every": 0, "eval_batches": 1,
+                          "warmup_steps": 5},
+                "checkpoint": {"every": 0}, "run": {"dir": str(root / f"run-{precision}")},
+            })
+            summary = train(cfg)
+            step_seconds[precision] = args.micro_batch * args.seq_len / summary["tokens_per_s"]
+
+    print(json.dumps({
+        "bench": "data_loader", "train_tokens": args.tokens, "shard_bytes": nbytes,
+        "sequential_read_gb_per_s": {"first_pass": round(nbytes / seq_seconds[0] / 1e9, 2),
+                                     "cached": round(nbytes / seq_seconds[1] / 1e9, 2)},
+        "loader_ms_per_micro_batch": round(loader_seconds * 1e3, 4),
+        "loader_random_window_gb_per_s": round(window_bytes / loader_seconds / 1e9, 3),
+        "step_ms": {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
+        "loader_fraction_of_step": {k: round(loader_seconds / v, 5) for k, v in step_seconds.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
