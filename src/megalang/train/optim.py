@@ -19,15 +19,15 @@ def build_optimizer(model: torch.nn.Module, train_cfg: TrainSection) -> torch.op
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    on_cuda = params[0].device.type == "cuda"
-    # fused is the fastest CUDA kernel; on CPU foreach batches the per-parameter ops instead.
-    impl = {"fused": True} if on_cuda else {"foreach": True}
+    # The fused kernel is the fastest on CUDA and on CPU alike (tiny preset, 2-core CPU: 3.0x faster than
+    # foreach per optimizer step; docs/benchmarks.md). Devices without one fall back to foreach.
+    fused = params[0].device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=train_cfg.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
         eps=train_cfg.eps,
-        **impl,
+        **({"fused": True} if fused else {"foreach": True}),
     )
 
 
