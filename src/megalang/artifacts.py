@@ -59,6 +59,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Text counterpart of `write_json_atomic`: tmp file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     try:

@@ -42,6 +42,58 @@ class PrepareConfig(Section):
         "strict", description="strict: stop at the first bad file; skip: skip bad files/lines, list them in the manifest"
     )
     overwrite: bool = Field(False, description="replace an existing output folder")
+    # --- issue #5: quality, near-dedup, scrubbing, decontamination, execution (see docs/data.md) ---
+    kind: Literal["auto", "web", "books", "code", "chat"] = Field(
+        "auto", description="source kind choosing the quality filters; auto: code suffix→code, .txt/.md→books, else web"
+    )
+    kinds: dict[str, Literal["web", "books", "code", "chat"]] = Field(
+        default_factory=dict, description="glob on a document's source path → kind; overrides `kind`"
+    )
+    quality_filters: dict[str, list[str]] = Field(
+        default_factory=dict, description="kind → filter names, replacing that kind's default chain"
+    )
+    quality_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="filter name → thresholds to change (e.g. gopher_quality: {min_doc_words: 30})"
+    )
+    near_dedup: NearDedupConfig = Field(default_factory=lambda: NearDedupConfig())
+    scrub: list[str] | None = Field(None, description="PII/secret kinds to scrub (default: all; see docs/data.md)")
+    decontaminate: list[str] = Field(default_factory=list, description="eval files/folders/globs to decontaminate against")
+    decontaminate_ngram: int = Field(13, ge=4, description="word n-gram length that counts as overlap")
+    decontaminate_mode: Literal["drop", "flag"] = Field("drop", description="drop contaminated docs, or keep and list them")
+    executor: Literal["local", "ray"] = Field("local", description="local: a process per core; ray: Ray tasks")
+    workers: int = Field(0, ge=0, description="parallel workers (0 = all cores)")
+    task_bytes: int = Field(8 << 20, ge=1, description="input bytes per task (files are grouped in order up to this)")
+    rejected_samples: int = Field(20, ge=0, description="rejected docs kept per step and reason under rejected/")
+    progress: bool = Field(True, description="show a progress bar (docs/s, MB/s) when attached to a terminal")
+    classifier: str | None = Field(None, description="folder from `megalang data classifier train` (the `classifier` step)")
+    classifier_threshold: float = Field(0.5, ge=0, le=1, description="drop docs whose P(reject) is at least this")
+    mixture: dict[str, float] = Field(
+        default_factory=dict,
+        description="glob on source path → weight: 2.5 writes each doc 2 or 3 times (2.5 on average), 0.3 keeps 30%",
+    )
+
+
+class NearDedupConfig(Section):
+    """MinHash near-duplicate removal (the `near_dedup` step)."""
+
+    ngram: int = Field(5, ge=1, description="word n-gram (shingle) length")
+    bands: int = Field(14, ge=1, description="LSH bands")
+    rows: int = Field(8, ge=1, description="rows (hashes) per band")
+    min_similarity: float = Field(0.65, ge=0, le=1, description="estimated Jaccard a candidate pair needs to merge")
+    seed: int = Field(1, description="seeds the hash permutations")
+
+
+class ClassifierTrainConfig(Section):
+    """`megalang data classifier train`: a reject/keep head on all-MiniLM-L6-v2 embeddings."""
+
+    input: str = Field(description="JSONL of labelled examples (text + label, 1 = reject)")
+    out: str = Field(description="output classifier folder")
+    text_field: str = Field("text", description="JSON key holding the text")
+    label_field: str = Field("label", description="JSON key holding the label (0/1 or true/false)")
+    holdout: float = Field(0.2, ge=0, lt=1, description="fraction of examples held out to report accuracy")
+    l2: float = Field(1e-3, ge=0, description="L2 penalty of the logistic regression")
+    seed: int = Field(0, description="seeds the holdout split")
+    overwrite: bool = Field(False, description="replace an existing output folder")
 
 
 class TokenizerTrainConfig(Section):
@@ -75,6 +127,15 @@ class TokenizeConfig(Section):
     overwrite: bool = False
 
 
+class SftTokenizeConfig(Section):
+    """`megalang data tokenize --format sft`: chat / prompt-completion JSONL → shards plus a loss-mask file."""
+
+    input: str = Field(description="JSONL file: {messages: [{role, content}, ...]} or {prompt, completion} per line")
+    model: str = Field(description="Hugging Face folder or .gguf file whose tokenizer and chat template are used")
+    out: str = Field(description="output shard folder")
+    overwrite: bool = False
+
+
 # --- training ---------------------------------------------------------------------------------------
 
 
@@ -85,7 +146,15 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    shards: str | None = Field(None, description="folder from `megalang data tokenize`")
+    shards: str | None = Field(None, description="folder from `megalang data tokenize` (plain or --format sft)")
+    # --- issue #6: supervised fine-tuning data (see docs/finetuning.md) ---
+    sft: str | None = Field(
+        None, description="SFT JSONL (messages or prompt/completion), tokenized with model.pretrained's chat template"
+    )
+    packing: bool = Field(True, description="SFT: several examples per row (no attention across them); false pads")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="SFT: an example longer than train.seq_len+1 tokens is truncated or dropped (counted)"
+    )
 
 
 class TrainSection(Section):
@@ -94,6 +163,9 @@ class TrainSection(Section):
     micro_batch_size: int = Field(8, ge=1, description="samples per forward pass per rank")
     global_batch_tokens: int | None = Field(
         None, ge=1, description="tokens per optimizer step over all ranks; default one micro-batch per rank"
+    )
+    objective: Literal["ce", "distill"] = Field(
+        "ce", description="ce: next-token cross-entropy (assistant tokens only for SFT); distill: see distill.*"
     )
     lr: float = Field(6e-4, gt=0, description="peak learning rate")
     min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the cosine")
@@ -107,6 +179,9 @@ class TrainSection(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     compile: bool = Field(False, description="torch.compile each block")
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
+    activation_checkpointing_every: int = Field(
+        1, ge=1, description="with activation_checkpointing: recompute every k-th block only (1 = all blocks)"
+    )
     log_every: int = Field(10, ge=1, description="steps between metrics lines")
     eval_every: int = Field(0, ge=0, description="steps between val-loss evaluations (0 = only at the end)")
     eval_batches: int = Field(20, ge=1, description="micro-batches per val-loss evaluation")
@@ -126,10 +201,113 @@ class CheckpointConfig(Section):
     every: int = Field(1000, ge=0, description="steps between checkpoints (0 = only the final one)")
     keep: int = Field(2, ge=1, description="newest complete checkpoints kept")
     resume: Literal["auto", "never"] = Field("auto", description="auto: resume from the newest complete one")
+    async_save: bool = Field(
+        False, description="write checkpoints in a background thread (DCP async_save) while training continues"
+    )
+
+
+class ParallelConfig(Section):
+    """How ranks split the work (issue #3). The product of the four degrees is the world size; -1 fills the rest."""
+
+    dp_replicate: int = Field(1, ge=-1, description="data-parallel replicas (DDP; with dp_shard > 1: HSDP across them)")
+    dp_shard: int = Field(-1, ge=-1, description="FSDP2 (ZeRO-3) shard degree; -1 = the ranks left over")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree (DTensor; keep within a node)")
+    pp: int = Field(1, ge=1, description="pipeline-parallel stages (torch.distributed.pipelining)")
+    pp_schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="pipeline schedule")
+    cpu_offload: bool = Field(False, description="FSDP2 CPU offload of parameters, gradients and optimizer state")
+    mixed_precision: bool = Field(
+        True, description="FSDP2 on GPU: bf16 parameters for compute, fp32 gradient reduction (ignored on CPU)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ParallelConfig:
+        for name in ("dp_replicate", "dp_shard"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"parallel.{name} must be >= 1, or -1 to fill the rest")
+        if self.dp_replicate == -1 and self.dp_shard == -1:
+            raise ValueError("only one of parallel.dp_replicate and parallel.dp_shard can be -1")
+        return self
 
 
 class RunSection(Section):
     dir: str = Field("runs/default", description="run folder: checkpoints, metrics.jsonl, summary.json")
+
+
+class RayConfig(Section):
+    """`launcher=ray`: where the Ray cluster is and how often a failed worker group is restarted."""
+
+    address: str | None = Field(
+        None, description="Ray cluster to join (auto, or HEAD_IP:6379); unset: $RAY_ADDRESS, else a new local Ray"
+    )
+    max_failures: int = Field(
+        3, ge=-1, description="worker-group restarts after a failure, each resuming from the newest checkpoint (-1 = no limit)"
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when ray.address is unset")
+
+
+class MetricsConfig(Section):
+    """Where metrics go besides `RUN/metrics.jsonl`, the GPU thermal/power guard, and the run report (issue #8)."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port (0 = any free port)")
+    host: str = Field("127.0.0.1", description="address the Prometheus endpoint binds; 0.0.0.0 exposes it to the network")
+    tensorboard: bool = Field(False, description="also write TensorBoard event files to RUN/tensorboard")
+    system: bool = Field(True, description="log CPU utilisation, RSS and (on NVIDIA GPUs) NVML telemetry with each line")
+    guard_temp_c: float = Field(85.0, gt=0, description="GPU temperature (°C) the thermal guard treats as too hot")
+    guard_throttle: bool = Field(True, description="treat thermal / power-brake clock throttling as crossing the limit")
+    guard_samples: int = Field(3, ge=1, description="consecutive hot samples before the guard warns")
+    guard_pause_s: float = Field(0.0, ge=0, description="seconds to pause between steps while the guard is tripped (0 = warn only)")
+    report: bool = Field(True, description="write RUN/report.html with PNG plots at the end of training")
+
+
+class EvalSetConfig(Section):
+    """One eval set a run scores while it trains (issue #7); results go to metrics.jsonl as eval/NAME/METRIC."""
+
+    kind: Literal["choice", "classify", "perplexity"] = Field(description="choice, classify or perplexity (rolling)")
+    data: str = Field(description="JSONL eval set (perplexity: .txt or .jsonl with a text field)")
+    name: str | None = Field(None, description="metric prefix (default: the file name without suffix)")
+    every: int = Field(0, ge=0, description="steps between evaluations (0 = only at the end)")
+    format: Literal["arc", "mmlu"] = Field("arc", description="choice: prompt format")
+    verbalizer: str | None = Field(None, description="classify: JSON file or label=word,... (default: the labels)")
+    template: str = Field("{text}\nLabel:", description="classify: prompt with {text}")
+    limit: int | None = Field(None, ge=1, description="score only the first N items / documents")
+    batch_size: int = Field(8, ge=1, description="items per forward pass")
+
+    @model_validator(mode="after")
+    def _check_file(self) -> EvalSetConfig:
+        if not Path(self.data).is_file():
+            raise ValueError(f"evals: data {self.data}: no such file")
+        return self
+
+
+class LoraConfig(Section):
+    """LoRA adapters through peft (issue #6); rank 0 trains the whole model."""
+
+    rank: int = Field(0, ge=0, description="adapter rank r (0 = no LoRA: full fine-tune)")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: updates are scaled by alpha/rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="module names that get adapters (default: attention and MLP projections)",
+    )
+    qlora: bool = Field(False, description="load the frozen base in 4-bit (bitsandbytes NF4; CUDA only)")
+
+
+class DistillConfig(Section):
+    """`train.objective=distill`: loss = alpha·T²·KL(teacher‖student at T) + (1−alpha)·CE."""
+
+    teacher: str | None = Field(None, description="teacher: Hugging Face folder, .gguf file or run folder")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KL term")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of both distributions in the KL term")
+
+
+class PrivacyConfig(Section):
+    """DP-SGD through Opacus (issue #6): per-example clipping plus Gaussian noise for a target (ε, δ)."""
+
+    target_epsilon: float | None = Field(None, gt=0, description="privacy budget ε for the whole run (unset = no DP)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of (ε, δ)-DP; keep below 1/examples")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus privacy accountant")
 
 
 class RunConfig(Section):
@@ -139,8 +317,73 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     run: RunSection = Field(default_factory=RunSection)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     seed: int = Field(1234, description="seeds weights, data order and dropout")
+    launcher: Literal["local", "ray"] = Field(
+        "local", description="local: this process (or the ranks torchrun started); ray: `workers` ranks under Ray Train"
+    )
+    workers: int = Field(1, ge=1, description="ranks Ray Train starts when launcher=ray")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    evals: list[EvalSetConfig] = Field(default_factory=list, description="eval sets scored during training")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _check_launcher(self) -> RunConfig:
+        if self.workers > 1 and self.launcher != "ray":
+            raise ValueError(
+                f"workers={self.workers} needs launcher=ray (for torchrun, pass --nproc-per-node instead of workers)"
+            )
+        return self
+
+
+# --- planning ---------------------------------------------------------------------------------------
+
+
+class ShapeConfig(Section):
+    """A Llama-style shape for `megalang plan` when neither a preset nor a bare parameter count is wanted."""
+
+    hidden_size: int = Field(ge=1, description="model width")
+    num_layers: int = Field(ge=1, description="decoder blocks")
+    intermediate_size: int = Field(ge=1, description="SwiGLU MLP width")
+    num_heads: int = Field(ge=1, description="query heads")
+    num_kv_heads: int | None = Field(None, ge=1, description="key/value heads (GQA); default = num_heads")
+    vocab_size: int = Field(128_256, ge=1, description="vocabulary size")
+    tie_word_embeddings: bool = Field(False, description="input embedding shared with the LM head")
+
+
+class PlanConfig(Section):
+    """`megalang plan`: FLOPs, memory per GPU, time and a verdict for model × tokens × hardware."""
+
+    preset: str | None = Field(None, description="model preset (debug … 100b); or give params or shape")
+    params: float | None = Field(None, gt=0, description="parameter count; a Llama-like shape is derived from it")
+    shape: ShapeConfig | None = Field(None, description="explicit model shape")
+    tokens: float = Field(gt=0, description="training tokens in total (all epochs)")
+    seq_len: int = Field(2048, ge=1, description="tokens per sequence")
+    global_batch_tokens: int = Field(4_194_304, ge=1, description="tokens per optimizer step over all GPUs")
+    micro_batch_size: int = Field(1, ge=1, description="sequences per forward pass per GPU")
+    gpu: str = Field("h100", description="a100-40gb, a100-80gb, h100, h200, b200, or cpu (this machine, measured)")
+    gpus: int = Field(8, ge=1, description="GPUs in total")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs sharing one NVLink domain")
+    sharding: Literal["ddp", "zero1", "zero2", "zero3"] = Field(
+        "zero3", description="ddp: replicate all; zero1: shard optimizer; zero2: + gradients; zero3 (FSDP): + parameters"
+    )
+    tp: int = Field(1, ge=1, description="tensor-parallel degree (with sequence parallelism)")
+    pp: int = Field(1, ge=1, description="pipeline stages (1F1B schedule)")
+    activation_checkpointing: bool = Field(False, description="recompute each block in backward (keeps its input only)")
+    precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision (master weights fp32)")
+    mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for time estimates")
+    deadline_days: float | None = Field(None, gt=0, description="wall-clock budget; the verdict checks it")
+
+    @model_validator(mode="after")
+    def _check(self) -> PlanConfig:
+        given = [name for name in ("preset", "params", "shape") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of preset, params or shape" + (f" (got {', '.join(given)})" if given else ""))
+        return self
 
 
 # --- loading ----------------------------------------------------------------------------------------

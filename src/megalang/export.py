@@ -19,16 +19,25 @@ _TOKENIZER_FILES = {
     "tokenizer_config.json": "tokenizer_config.json",
     "special_tokens_map.json": "special_tokens_map.json",
     "spm.model": "tokenizer.model",
+    "chat_template.jinja": "chat_template.jinja",  # a pretrained model's tokenizer (fine-tuning runs, #6)
 }
 
 
-def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
+           merge: bool = False) -> dict[str, Any]:
+    """A LoRA run exports merged weights with `merge`, else its peft adapter folder (base: model.pretrained)."""
     from megalang.model.load import is_run_dir
     from megalang.train.checkpoint import load_trained_model
 
     run = Path(run)
     if not run.is_dir() or not is_run_dir(run):
         raise UserError(f"{run}: not a run folder (no checkpoints/); pass the run.dir of a `megalang train` run")
+    if not merge:
+        from megalang.model.lora import maybe_export_adapter
+
+        adapter = maybe_export_adapter(run, out, step, overwrite, _TOKENIZER_FILES)
+        if adapter is not None:
+            return adapter
     model, cfg = load_trained_model(run, step=step)
     tokenizer_dir = run / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():

@@ -151,3 +151,20 @@ def test_iter_prepared_refuses_other_folders(tmp_path, tokenizer_dir):
         next(iter_prepared(tmp_path / "plain"))
     with pytest.raises(UserError, match="is a 'tokenizer.train' artifact, not prepared documents"):
         next(iter_prepared(tokenizer_dir))
+
+
+def test_mixture_weights_up_and_down_sample_by_source_and_are_recorded(tmp_path):
+    write_inputs(tmp_path, {f"books/{i:02d}.txt": f"book number {i} text" for i in range(10)}
+                 | {f"web/{i:02d}.txt": f"web page number {i}" for i in range(40)})
+    manifest = prepare(cfg(tmp_path, workers=1, mixture={"books/*": 2.5, "web/*": 0.25}))
+    texts = [r["text"] for r in iter_prepared(tmp_path / "out")]
+    books = [t for t in texts if t.startswith("book")]
+    web = [t for t in texts if t.startswith("web")]
+    assert all(2 <= books.count(f"book number {i} text") <= 3 for i in range(10))
+    assert 20 <= len(books) <= 30 and 3 <= len(web) <= 18
+    mix = manifest["mixture"]
+    assert mix["books/*"] == {"weight": 2.5, "documents_in": 10, "documents_out": len(books),
+                              "bytes_out": sum(len(t) for t in books)}
+    assert mix["web/*"]["documents_out"] == len(web) and manifest["counts"]["documents_out"] == len(texts)
+    again = prepare(cfg(tmp_path, workers=1, mixture={"books/*": 2.5, "web/*": 0.25}, out=str(tmp_path / "again")))
+    assert again["files"] == manifest["files"]  # the sampling is a function of the document, not of chance

@@ -51,7 +51,8 @@ def test_summary_fields(full_run):
 def test_run_folder_is_a_verifiable_self_contained_artifact(full_run, shards):
     run, _, _ = full_run
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.yaml", "manifest.json", "metrics.jsonl", "summary.json", "tokenizer"]
+        "checkpoints", "config.yaml", "manifest.json", "metrics.jsonl", "report.html", "report_files", "summary.json",
+        "tokenizer"]  # report.*: written after the manifest, outside it (issue #8)
     assert load_config(RunConfig, run / "config.yaml") == debug_config(shards, run, train={"eval_every": 4})
     assert (run / "tokenizer" / "tokenizer.json").is_file()
     assert verify(run) == []

@@ -1,8 +1,11 @@
-"""Token-level perplexity of a model on a shard split (disjoint windows over the packed token stream)."""
+"""Perplexity: token-level on a shard split's packed stream, or per document over lm-eval's rolling windows
+(token, word and byte perplexity, bits per byte) on text, JSONL or shards."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +101,110 @@ def _default_seq_len(loaded) -> int:
 
         return load_config(RunConfig, loaded.path / "config.yaml").train.seq_len
     return min(getattr(loaded.model.config, "max_position_embeddings", 1024), 1024)
+
+
+# --- per-document rolling perplexity (lm-eval's loglikelihood_rolling) ------------------------------
+
+
+def count_words(text: str) -> int:
+    """lm-eval's word count for word perplexity: pieces between runs of whitespace."""
+    return len(re.split(r"\s+", text))
+
+
+def count_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def rolling_metrics(loglikelihoods: list[float], tokens: list[int], texts: list[str]) -> dict[str, float]:
+    """Token, word and byte perplexity and bits per byte of a corpus, weighted as lm-eval weights them:
+    the summed log-likelihood over the summed count (not a mean of per-document values)."""
+    ll = sum(loglikelihoods)
+    n_tok, n_words, n_bytes = sum(tokens), sum(map(count_words, texts)), sum(map(count_bytes, texts))
+    return {
+        "token_perplexity": math.exp(-ll / n_tok),
+        "word_perplexity": math.exp(-ll / n_words),
+        "byte_perplexity": math.exp(-ll / n_bytes),
+        "bits_per_byte": -ll / n_bytes / math.log(2),
+        "loglikelihood": ll,
+        "tokens": n_tok,
+        "words": n_words,
+        "bytes": n_bytes,
+        "documents": len(texts),
+    }
+
+
+def read_documents(data: str, text_field: str = "text") -> list[str]:
+    """Documents of a .txt file (the whole file is one document) or a JSONL file (one per line)."""
+    path = Path(data)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass a .txt or .jsonl file, or a shard folder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    if path.suffix != ".jsonl":
+        if not text:
+            raise UserError(f"{path}: empty file; nothing to score")
+        return [text]
+    docs = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or not record[text_field]:
+            raise UserError(f"{path}:{n}: needs a non-empty string field '{text_field}' (set --text-field)")
+        docs.append(record[text_field])
+    if not docs:
+        raise UserError(f"{path}: no documents")
+    return docs
+
+
+def rolling_perplexity(scorer, texts: list[str], window: int | None = None, stride: int | None = None, token_docs: list[list[int]] | None = None) -> dict[str, Any]:
+    """Score each document over rolling windows; `token_docs` (already tokenized, e.g. from shards) skips encoding."""
+    docs = token_docs if token_docs is not None else [scorer.encode(t) for t in texts]
+    if any(not d for d in docs):
+        raise UserError("a document encodes to zero tokens; remove empty documents")
+    lls = scorer.loglikelihood_rolling(docs, window, stride)
+    result = rolling_metrics(lls, [len(d) for d in docs], texts)
+    result["per_document"] = [{"loglikelihood": ll, "tokens": len(d)} for ll, d in zip(lls, docs)]
+    return result
+
+
+def shard_documents(data: str, split: str, tokenizer, max_docs: int | None) -> tuple[list[list[int]], list[str]]:
+    """Token lists and decoded texts (for word/byte counts) of a shard split's documents."""
+    docs = []
+    for doc in open_split(data, split, read_shard_manifest(data)).documents():
+        docs.append(doc.tolist())
+        if max_docs and len(docs) >= max_docs:
+            break
+    if not docs:
+        raise UserError(f"{data}: split '{split}' has no documents")
+    return docs, [tokenizer.decode(d, skip_special_tokens=True) for d in docs]
+
+
+def evaluate_rolling(
+    model: str,
+    data: str,
+    out: str | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    text_field: str = "text",
+    split: str = "val",
+    max_docs: int | None = None,
+) -> dict[str, Any]:
+    """`megalang eval perplexity --mode rolling`: per-document perplexity on text, JSONL or shards."""
+    from megalang.evaluate.common import load_scorer, result_header, write_result
+
+    loaded, scorer = load_scorer(model, batch_size)
+    window = window or _default_seq_len(loaded)
+    if Path(data).is_dir():
+        tokens, texts = shard_documents(data, split, loaded.tokenizer, max_docs)
+    else:
+        tokens, texts = None, read_documents(data, text_field)[: max_docs or None]
+    metrics = rolling_perplexity(scorer, texts, window, stride, tokens)
+    settings = {"mode": "rolling", "window": window, "stride": stride or window, "batch_size": batch_size, "split": split if tokens else None}
+    return write_result(out, {**result_header("perplexity", model, data, settings), **metrics})

@@ -69,14 +69,19 @@ def build_model(
     return model.train()
 
 
-def materialize(model, device: str | torch.device, seed: int | None) -> None:
-    """Allocate a meta model on `device`, rebuild its computed buffers, and initialise it from `seed` (if given)."""
+def materialize(model, device: str | torch.device, seed: int | None, reference=None) -> None:
+    """Allocate a meta model on `device`, rebuild its computed buffers, and initialise it from `seed` (if given).
+
+    `model` may be sharded (FSDP2/TP DTensors) or one pipeline stage; `reference` is then the whole meta
+    model, whose module order fixes the random stream (see `init_weights`).
+    """
     model.to_empty(device=device)
     reset_computed_buffers(model)
     # to_empty gives tied parameters separate storage; tie them again before initialising.
-    model.tie_weights()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
     if seed is not None:
-        init_weights(model, seed)
+        init_weights(model, seed, reference=reference, device=device)
 
 
 def reset_computed_buffers(model) -> None:
@@ -93,29 +98,58 @@ def reset_computed_buffers(model) -> None:
 
 
 @torch.no_grad()
-def init_weights(model, seed: int) -> None:
+def init_weights(model, seed: int, reference=None, device: str | torch.device | None = None) -> None:
     """Initialise every weight from one generator seeded by `seed`, in module order (deterministic).
 
     Normal(0, 0.02) for embeddings and linear layers, ones for norms; the projections that write into the
     residual stream (o_proj, down_proj) get std 0.02/sqrt(2·layers) so the residual variance does not grow
     with depth (GPT-2 / OLMo). Uses its own generator so the global RNG (dropout) stays untouched.
+
+    The stream walks `reference` (default: `model`) and each full weight is drawn before this rank keeps its
+    part of it (its DTensor shard, or nothing when another pipeline stage owns it). So every layout starts
+    from exactly the weights one process would, while holding one full weight at a time, never the model.
     """
-    device = next(model.parameters()).device
+    reference = model if reference is None else reference
+    owned = dict(model.named_parameters())
+    device = torch.device(device) if device is not None else _local(next(model.parameters())).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    residual_std = INIT_STD / math.sqrt(2 * model.config.num_hidden_layers)
+    residual_std = INIT_STD / math.sqrt(2 * reference.config.num_hidden_layers)
     done: set[int] = set()
-    for name, module in model.named_modules():
+    for name, module in reference.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.nn.Parameter) or id(weight) in done:
             continue  # tied weights are initialised once, by the module that comes first
         done.add(id(weight))
+        value = torch.empty(weight.shape, dtype=weight.dtype, device=device)
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             std = residual_std if name.endswith(("o_proj", "down_proj")) else INIT_STD
-            torch.nn.init.normal_(weight, mean=0.0, std=std, generator=gen)
+            torch.nn.init.normal_(value, mean=0.0, std=std, generator=gen)
         else:
-            torch.nn.init.ones_(weight)  # RMSNorm
+            torch.nn.init.ones_(value)  # RMSNorm
+        _assign(owned.get(_join(name, "weight")), value)
         if getattr(module, "bias", None) is not None:
-            torch.nn.init.zeros_(module.bias)
+            _assign(owned.get(_join(name, "bias")), torch.zeros(module.bias.shape, dtype=module.bias.dtype, device=device))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _assign(param: torch.Tensor | None, full: torch.Tensor) -> None:
+    """Copy this rank's part of the full value into `param` (None: the weight lives on another stage)."""
+    if param is None:
+        return
+    if hasattr(param, "device_mesh"):  # a DTensor: keep the local piece, with no communication
+        from torch.distributed.tensor import distribute_tensor
+
+        full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+        param.to_local().copy_(full.to_local())
+        return
+    param.copy_(full)
 
 
 def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int):
@@ -135,6 +169,7 @@ def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int):
         )
     except (OSError, ValueError) as e:
         raise UserError(f"model.pretrained={path}: cannot load ({str(e).splitlines()[0]})") from None
+    drop_gguf_marker(model)
     if model.config.vocab_size < vocab_size:
         raise UserError(
             f"model.pretrained={path}: the model has {model.config.vocab_size} token ids but the shards use "
@@ -144,3 +179,14 @@ def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int):
     if max_pos < seq_len:
         raise UserError(f"train.seq_len={seq_len} exceeds model.pretrained's max_position_embeddings ({max_pos})")
     return model.train()
+
+
+def drop_gguf_marker(model) -> None:
+    """transformers dequantises a GGUF fully to fp32 but keeps a `gguf` quantizer marker (also in a folder saved
+    from it), which makes save_pretrained (export) refuse the model; nothing quantized is left, so drop it."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if getattr(method, "value", method) == "gguf":
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config

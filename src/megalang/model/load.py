@@ -1,4 +1,4 @@
-"""Load a trained model and its tokenizer for inference, from a run folder or an exported HF folder."""
+"""Load a trained model and its tokenizer for inference, from a run folder, an exported HF folder or a GGUF file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from megalang.errors import UserError
 class LoadedModel:
     model: Any  # transformers PreTrainedModel, eval mode
     tokenizer: Any  # transformers PreTrainedTokenizerFast
-    kind: str  # "run" or "export"
+    kind: str  # "run", "export" or "gguf"
     path: Path
 
 
@@ -22,7 +22,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def load_model_for_inference(path: str | Path, step: int | None = None) -> LoadedModel:
-    """A run folder (newest complete checkpoint, or `step`) or a Hugging Face folder with config.json."""
+    """A run folder (newest complete checkpoint, or `step`), a Hugging Face folder with config.json, or a .gguf file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
@@ -42,4 +42,22 @@ def load_model_for_inference(path: str | Path, step: int | None = None) -> Loade
             raise UserError(f"{path}: cannot load as a Hugging Face model ({str(e).splitlines()[0]})") from None
         model.eval()
         return LoadedModel(model, tokenizer, "export", path)
-    raise UserError(f"{path}: neither a run folder (checkpoints/) nor a Hugging Face folder (config.json)")
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path)
+    raise UserError(f"{path}: neither a run folder (checkpoints/), a Hugging Face folder (config.json) nor a .gguf file")
+
+
+def load_gguf(path: Path) -> LoadedModel:
+    """A GGUF file (llama.cpp format): transformers dequantises it to an fp32 model; its tokenizer (and chat
+    template) comes from the same file. Needs the `gguf` package (extra `pretrained`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as e:
+        raise UserError(f"{path}: reading GGUF needs the gguf package ({e}); pip install 'megalang[pretrained]'") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: cannot load as a GGUF model ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return LoadedModel(model, tokenizer, "gguf", path)

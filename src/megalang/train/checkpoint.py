@@ -2,6 +2,11 @@
 
 A checkpoint is written into `step-N.tmp/`, gets `COMPLETE.json` last, and is then renamed; only folders
 with a COMPLETE.json are ever discovered, so a crash at any moment leaves the previous one in charge.
+
+With several processes every rank writes its own shards through DCP (which records the global layout), and
+rank 0 alone writes the JSON files, the COMPLETE marker and renames. Loading plans against the current
+model's layout, so a run saved with one sharding (FSDP, TP, PP, one process) resumes with any other.
+The run folder must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
+    StateDictOptions,
     get_state_dict,
     set_model_state_dict,
     set_state_dict,
@@ -27,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from megalang.artifacts import fsync_dir, read_json, write_json_atomic
 from megalang.errors import UserError
+from megalang.parallel.distributed import barrier
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE.json"
@@ -90,6 +97,37 @@ def restore_rng(state: dict[str, Any]) -> None:
 # --- save -------------------------------------------------------------------------------------------
 
 
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+_ASYNC_GROUPS: dict[Any, Any] = {}
+
+
+def _async_group():
+    """A gloo group of its own for background saves: sharing the training group would interleave the save's
+    collectives with the training step's and hang (torchtitan does the same)."""
+    if not torch.distributed.is_initialized():
+        return None
+    default = torch.distributed.group.WORLD
+    if default not in _ASYNC_GROUPS:
+        _ASYNC_GROUPS.clear()  # a group from an earlier (destroyed) default group is dead
+        _ASYNC_GROUPS[default] = torch.distributed.new_group(backend="gloo")
+    return _ASYNC_GROUPS[default]
+
+
+class PendingSave:
+    """An async checkpoint in flight: its tensors are being written by DCP's background thread; `finish()`
+    waits for them, then marks it complete. Until then the previous checkpoint stays the newest one."""
+
+    def __init__(self, future, finalize):
+        self.future, self.finalize = future, finalize
+
+    def finish(self) -> Path:
+        self.future.result()
+        return self.finalize()
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -102,16 +140,47 @@ def save_checkpoint(
     run_config: dict[str, Any],
     keep: int,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention."""
+    async_save: bool = False,
+) -> Path | PendingSave:
+    """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
+
+    Every rank calls this (DCP's save is collective). With `async_save` it returns once the tensors are
+    staged in host memory, and the caller must `finish()` the returned PendingSave before the next save.
+    """
     root = checkpoints_dir(run_dir)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    if _rank() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
+    if _rank() == 0:
+        _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
+
+    def finalize() -> Path:
+        if _rank() == 0:
+            _mark_complete(tmp, final, step, tokens_seen)
+            apply_retention(run_dir, keep)
+        return final
+
     with _quiet_dcp():
+        if async_save:
+            future = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
+                                    process_group=_async_group())
+            return PendingSave(future, finalize)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
+    # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.
+    final = finalize()
+    barrier()
+    return final
+
+
+def _write_trainer_files(tmp: Path, step: int, model, scheduler, loader, tokens_seen: int,
+                         run_config: dict[str, Any], extra: dict[str, Any] | None) -> None:
+    """The JSON half of a checkpoint (rank 0). The loader state is global (consumed samples over all data
+    ranks) and the RNG state is rank 0's: every rank restores it, whatever the new world size."""
     trainer_state = {
         "step": step,
         "tokens_seen": tokens_seen,
@@ -123,6 +192,10 @@ def save_checkpoint(
     write_json_atomic(tmp / TRAINER_STATE, trainer_state)
     write_json_atomic(tmp / RUN_CONFIG, run_config)
     write_json_atomic(tmp / MODEL_CONFIG, model.config.to_dict())
+
+
+def _mark_complete(tmp: Path, final: Path, step: int, tokens_seen: int) -> None:
+    root = tmp.parent
     files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(tmp / COMPLETE, {"step": step, "tokens_seen": tokens_seen, "time": now, "files": files})
@@ -130,8 +203,6 @@ def save_checkpoint(
         _remove_checkpoint(final)
     os.replace(tmp, final)
     fsync_dir(root)
-    apply_retention(run_dir, keep)
-    return final
 
 
 def _remove_checkpoint(path: Path) -> None:
@@ -164,6 +235,14 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> None:
 # --- load -------------------------------------------------------------------------------------------
 
 
+def _options(model) -> StateDictOptions | None:
+    """Frozen parameters (a LoRA run's base) are not saved: they come back from model.pretrained, and leaving
+    them out keeps a 135M-parameter base from being rewritten with every checkpoint."""
+    if all(p.requires_grad for p in model.parameters()):
+        return None
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(path) / RUN_CONFIG, "checkpoint config")
 
@@ -175,11 +254,12 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE})")
     # get_state_dict gives tensors of the right shapes (sharded, later) for DCP to load into.
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": model_sd, "optim": optim_sd}
     with _quiet_dcp():
         dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_options(model))
     trainer_state = read_json(path / TRAINER_STATE, "trainer state")
     scheduler.load_state_dict(trainer_state["scheduler"])
     loader.load_state_dict(trainer_state["loader"])
@@ -210,6 +290,11 @@ def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
 
     path = find_checkpoint(run_dir, step)
     cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
+    if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
+        from megalang.model.lora import load_lora_checkpoint
+
+        with _quiet_dcp():
+            return load_lora_checkpoint(path, cfg), cfg
     raw = read_json(path / MODEL_CONFIG, "model config")
     config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
     with torch.device("meta"):

@@ -24,11 +24,26 @@ from megalang.config import RunConfig
 from megalang.data.loader import SampleLoader, eval_batches, num_windows
 from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
 from megalang.errors import UserError
+from megalang.evaluate.during_training import maybe_run_evals
 from megalang.model.build import build_model, special_ids
 from megalang.model.presets import get_preset
 from megalang.monitor.flops import flops_per_token, mfu, peak_flops
+from megalang.monitor.live import RunMonitor, build_run_monitor, disabled_monitor, maybe_write_report
+from megalang.monitor.report import clear_report
 from megalang.monitor.metrics import METRICS_FILE, MetricsSink, read_metrics
 from megalang.monitor.progress import LineReporter, make_reporter
+from megalang.parallel.build import build_parallel_model, causal_lm_loss
+from megalang.parallel.distributed import (
+    ProcessGroup,
+    barrier,
+    maybe_init_process_group,
+    peak_memory_bytes,
+    state_bytes,
+    total_grad_norm,
+    world_max,
+    world_mean,
+)
+from megalang.parallel.mesh import ParallelDims, build_mesh, data_rank, resolve_dims
 from megalang.parallel.parallelize import parallelize
 from megalang.train.checkpoint import (
     complete_checkpoints,
@@ -39,6 +54,7 @@ from megalang.train.checkpoint import (
     save_checkpoint,
 )
 from megalang.train.optim import build_optimizer, build_scheduler
+from megalang.train import finetune
 
 SUMMARY = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -100,6 +116,16 @@ class Trainer:
     tokens_seen: int = 0
     resumed_from: int | None = None
     clock: Throughput = field(default_factory=Throughput)
+    group: ProcessGroup = field(default_factory=lambda: ProcessGroup(0, 1, owned=False))
+    dims: ParallelDims | None = None  # None: one process
+    mesh: Any = None
+    schedule: Any = None  # pipelining schedule (parallel.pp > 1); the model is then this rank's stage
+    last_stage: bool = True  # holds the loss (always, without pipeline parallel)
+    first_stage: bool = True
+    state_bytes: int | None = None  # params + grads + optimizer state on this rank, measured at the last log
+    pending_save: Any = None  # an async checkpoint still being written (checkpoint.async_save)
+    monitor: RunMonitor = field(default_factory=disabled_monitor)  # backends, telemetry, thermal guard (#8)
+    finetune: finetune.FineTune | None = None  # loss function, DP accountant, SFT counts (train/finetune.py, #6)
 
     @property
     def tokens_per_step(self) -> int:
@@ -129,9 +155,11 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                 train_step(t, report)
                 if fault_at and t.step == fault_at:
                     raise SystemExit(f"{FAULT_ENV}={fault_at}: stopping after step {fault_at} (fault injection)")
+        summary = finish(t, time.perf_counter() - started)
     finally:
         t.sink.close()
-    return finish(t, time.perf_counter() - started)
+        t.group.close()
+    return summary
 
 
 def train_step(t: Trainer, report: LineReporter) -> None:
@@ -143,9 +171,11 @@ def train_step(t: Trainer, report: LineReporter) -> None:
     grad_norm = optimizer_step(t, need_norm=logging)
     t.step, t.tokens_seen = step, t.tokens_seen + t.tokens_per_step
     t.clock.steps += 1
+    t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
     val_loss = maybe_eval(t)
-    if logging or val_loss is not None:
-        log(t, report, loss, lr, grad_norm, val_loss)
+    task_evals = maybe_run_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
+    if logging or val_loss is not None or task_evals:
+        log(t, report, loss, lr, grad_norm, val_loss, task_evals)
     maybe_save(t)
 
 
@@ -153,7 +183,11 @@ def train_step(t: Trainer, report: LineReporter) -> None:
 
 
 def next_batch(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    input_ids, labels = next(t.loader)
+    with t.monitor.timed_data_wait():
+        batch = next(t.loader)
+    if isinstance(batch, dict):  # SFT rows: input_ids, labels, position_ids (data/sft.py)
+        return {k: v.to(t.device, non_blocking=True) for k, v in batch.items()}
+    input_ids, labels = batch
     # Pinned host memory lets the host-to-device copy overlap with compute (CUDA only).
     if t.device.type == "cuda":
         return input_ids.pin_memory().to(t.device, non_blocking=True), labels.pin_memory().to(t.device, non_blocking=True)
@@ -162,17 +196,38 @@ def next_batch(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
 
 def forward_backward(t: Trainer) -> torch.Tensor:
     """Accumulate gradients over `accum` micro-batches; return the mean loss as a tensor (no host sync)."""
+    if t.schedule is not None:
+        return forward_backward_pipelined(t)
     total = torch.zeros((), device=t.device)
     for _ in range(t.accum):
-        input_ids, labels = next_batch(t)
+        batch = next_batch(t)
         with t.autocast():
-            logits = t.model(input_ids=input_ids).logits
-        # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            if t.finetune is not None:  # the run's objective: masked SFT CE, distillation (train/objectives.py)
+                loss = t.finetune.objective(t.model, batch)
+            else:
+                input_ids, labels = batch
+                logits = t.model(input_ids=input_ids).logits
+        if t.finetune is None:
+            # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
+            loss = causal_lm_loss(logits, labels)
         scaled = loss / t.accum  # every micro-batch has the same token count, so this is the token mean
         (t.scaler.scale(scaled) if t.scaler else scaled).backward()
         total += loss.detach()
     return total / t.accum
+
+
+def forward_backward_pipelined(t: Trainer) -> torch.Tensor:
+    """The `accum` micro-batches go through the pipeline schedule as its microbatches (same samples, same
+    order as one process accumulating them). Only the last stage sees losses; other stages return 0."""
+    batches = [next_batch(t) for _ in range(t.accum)]
+    input_ids, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    losses: list[torch.Tensor] = []
+    kwargs = {"target": labels, "losses": losses} if t.last_stage else {}
+    with t.autocast():
+        t.schedule.step(*([input_ids] if t.first_stage else []), **kwargs)
+    if not t.last_stage:
+        return torch.zeros((), device=t.device)
+    return torch.stack([loss.detach() for loss in losses]).mean()
 
 
 def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
@@ -182,10 +237,14 @@ def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
         t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
     params = [p for p in t.model.parameters() if p.grad is not None]
     norm = None
-    if t.cfg.train.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, t.cfg.train.grad_clip, foreach=True)
-    elif need_norm:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if t.cfg.train.grad_clip > 0 or need_norm:
+        # One norm over every shard and stage; clipping then scales the local gradients by the same factor.
+        pp_group = t.mesh["pp"].get_group() if t.schedule is not None else None
+        norm = total_grad_norm(params, pp_group)
+        if t.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, t.cfg.train.grad_clip, norm, foreach=True)
+    if need_norm:
+        t.state_bytes = state_bytes(t.model, t.optimizer)  # gradients still held: measured before zero_grad
     if t.scaler:
         t.scaler.step(t.optimizer)
         t.scaler.update()
@@ -209,24 +268,55 @@ def maybe_eval(t: Trainer) -> float | None:
 
 @torch.no_grad()
 def evaluate_loss(t: Trainer) -> float:
-    """Token-mean cross-entropy over the fixed val windows (this rank's share; multi-rank runs will
-    all-reduce the sum and count before dividing)."""
+    """Token-mean cross-entropy over the fixed val windows: each data rank scores its share, then the sums
+    and counts are added over the world (tensor-parallel ranks count their replica's share once each, which
+    divides out)."""
     t.model.eval()
-    total, count = torch.zeros((), device=t.device, dtype=torch.float64), 0
-    for input_ids, labels in eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size,
-                                          t.cfg.train.eval_batches, t.loader.rank, t.loader.world):
-        input_ids, labels = input_ids.to(t.device), labels.to(t.device)
-        with t.autocast():
-            logits = t.model(input_ids=input_ids).logits
-        total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
-        count += labels.numel()
+    batches = eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size,
+                           t.cfg.train.eval_batches, t.loader.rank, t.loader.world)
+    if t.schedule is not None:
+        total, count = evaluate_pipelined(t, batches)
+    else:
+        total, count = torch.zeros((), device=t.device, dtype=torch.float64), 0
+        for input_ids, labels in batches:
+            input_ids, labels = input_ids.to(t.device), labels.to(t.device)
+            with t.autocast():
+                logits = t.model(input_ids=input_ids).logits
+            total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+            count += labels.numel()
     t.model.train()
+    if t.dims is not None:
+        pair = world_mean(torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=t.device)]), 1)
+        total, count = pair[0], pair[1].item()
     return total.item() / count
 
 
-def log(t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val_loss: float | None) -> None:
+def evaluate_pipelined(t: Trainer, batches) -> tuple[torch.Tensor, int]:
+    """(CE sum, token count) through the pipeline's forward-only schedule. The stages' buffers are sized for
+    the training microbatch, so val batches go in groups of `accum` full micro-batches (a short tail is
+    left out). Only the last stage holds losses; other stages return zeros and add nothing."""
+    total, count = torch.zeros((), device=t.device, dtype=torch.float64), 0
+    full = [b for b in batches if len(b[0]) == t.cfg.train.micro_batch_size]
+    for i in range(0, len(full) - t.accum + 1, t.accum):
+        group = full[i:i + t.accum]
+        input_ids, labels = torch.cat([b[0] for b in group]).to(t.device), torch.cat([b[1] for b in group]).to(t.device)
+        losses: list[torch.Tensor] = []
+        kwargs = {"target": labels, "losses": losses} if t.last_stage else {}
+        with t.autocast():
+            t.schedule.eval(*([input_ids] if t.first_stage else []), **kwargs)
+        if t.last_stage:  # equal-size microbatches: the token sum is the mean loss times the tokens
+            total += torch.stack(losses).double().mean() * labels.numel()
+            count += labels.numel()
+    return total, count
+
+
+def log(
+    t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val_loss: float | None, evals: dict | None = None
+) -> None:
     """The only place a step reads values back from the device (.item() syncs)."""
     tokens_per_s, step_time = t.clock.measure(t.tokens_per_step)
+    if t.dims is not None:
+        loss = world_mean(loss, t.dims.world // t.dims.pp)  # the data ranks' mean, from the last stage
     values = {
         "loss": loss.item(),
         "lr": lr,
@@ -237,8 +327,15 @@ def log(t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_no
         "step_time": step_time,
         "epoch": t.loader.consumed / t.loader.num_samples,
     }
+    values["peak_memory_bytes"] = world_max(peak_memory_bytes(t.device))  # the largest rank's
+    if t.state_bytes is not None:
+        values["state_bytes"] = world_max(t.state_bytes)
+    values.update(t.monitor.sample())
+    if t.finetune is not None:
+        values.update(t.finetune.metrics())  # DP: epsilon spent so far
     if val_loss is not None:
         values["val_loss"] = val_loss
+    values.update(evals or {})
     report.update(t.step, t.sink.log(t.step, **values))
 
 
@@ -248,12 +345,22 @@ def maybe_save(t: Trainer) -> None:
     if not (last or (every and t.step % every == 0)):
         return
     started = time.perf_counter()
-    save_checkpoint(
+    finish_pending_save(t)  # one save in flight at a time: its host copy is what the next one reuses
+    result = save_checkpoint(
         t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
         tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
-        extra={"scaler": t.scaler.state_dict()} if t.scaler else None,
+        extra={"scaler": t.scaler.state_dict()} if t.scaler else None, async_save=t.cfg.checkpoint.async_save,
     )
+    t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
+    t.monitor.checkpoint_done(time.perf_counter() - started)
+
+
+def finish_pending_save(t: Trainer) -> None:
+    """Wait for the async checkpoint in flight (if any) and mark it complete."""
+    if t.pending_save is not None:
+        t.pending_save.finish()
+        t.pending_save = None
 
 
 # --- setup ------------------------------------------------------------------------------------------
@@ -261,33 +368,63 @@ def maybe_save(t: Trainer) -> None:
 
 def setup(cfg: RunConfig) -> Trainer:
     """Check everything that can be wrong before touching the run folder, then build the run."""
-    if not cfg.data.shards:
-        raise UserError("data.shards is not set; pass data.shards=FOLDER (written by `megalang data tokenize`)")
-    manifest = read_shard_manifest(cfg.data.shards)
+    manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
     if not cfg.model.pretrained:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
-    rank, world = rank_and_world()
     device = pick_device(cfg)
-    accum = grad_accum_steps(cfg, world)
-    run_config = resolved_run_config(cfg, manifest, world, accum)
+    group = maybe_init_process_group(device.type)
+    try:
+        return build_trainer(cfg, manifest, device, group)
+    except BaseException:
+        group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
+        raise
+
+
+def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device, group: ProcessGroup) -> Trainer:
+    """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one."""
+    dims = resolve_parallel(cfg, manifest, group.world)
+    dp_world = dims.dp if dims else 1
+    accum = grad_accum_steps(cfg, dp_world)
+    finetune.check_finetune(cfg, device, group.world, accum)
+    run_config = resolved_run_config(cfg, manifest, group.world, accum, dims)
     run_dir = Path(cfg.run.dir)
     resume_from = find_resume(cfg, run_dir, run_config)
-    loader = SampleLoader(open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len,
-                          cfg.train.micro_batch_size, cfg.seed, rank, world)
-    prepare_run_dir(cfg, run_dir, manifest)
+    mesh = build_mesh(dims, device.type) if dims else None
+    dp_rank = data_rank(mesh, dims)[0] if dims else 0
+    loader = finetune.build_loader(cfg, manifest, dp_rank, dp_world) or SampleLoader(
+        open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
+        dp_rank, dp_world)
+    if group.rank == 0:
+        prepare_run_dir(cfg, run_dir, manifest)
+    barrier()  # the run folder exists (and is clean) before any rank touches it
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed, device)
-    parallelize(model, None, cfg.train)
+    if dims is None:
+        model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed,
+                            device)
+        parallelize(model, None, cfg.train)
+        model = finetune.wrap_model(model, cfg)  # LoRA adapters (lora.rank > 0)
+        built = None
+    else:
+        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
+        model = built.model
     optimizer = build_optimizer(model, cfg.train)
+    ft = None
+    if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
+        optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
+    monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
     t = Trainer(
         cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
         loader=loader, val_split=open_val_split(cfg, manifest),
-        sink=MetricsSink(run_dir / METRICS_FILE, enabled=rank == 0), run_config=run_config, accum=accum,
+        sink=MetricsSink(run_dir / METRICS_FILE, backends=monitor.backends, enabled=group.rank == 0),
+        run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
+        group=group, dims=dims, mesh=mesh, finetune=ft,
     )
+    if built is not None:
+        t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
     if resume_from is not None:
         resume(t, resume_from)
     return t
@@ -304,6 +441,19 @@ def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def resolve_parallel(cfg: RunConfig, manifest: dict[str, Any], world: int) -> ParallelDims | None:
+    """The parallel layout (None: one process); a layout that cannot split this model fails here."""
+    if world == 1:
+        resolve_dims(cfg.parallel, 1)  # fixed degrees > 1 on one process are a mistake worth naming
+        return None
+    from megalang.model.build import build_llama_config
+
+    model_config = None
+    if not cfg.model.pretrained:
+        model_config = build_llama_config(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest))
+    return resolve_dims(cfg.parallel, world, model_config)
 
 
 def pick_device(cfg: RunConfig) -> torch.device:
@@ -328,19 +478,22 @@ def grad_accum_steps(cfg: RunConfig, world: int) -> int:
     if gbt % per_micro:
         raise UserError(
             f"train.global_batch_tokens={gbt} is not a multiple of train.micro_batch_size × train.seq_len × "
-            f"ranks = {tc.micro_batch_size} × {tc.seq_len} × {world} = {per_micro}"
+            f"data-parallel ranks = {tc.micro_batch_size} × {tc.seq_len} × {world} = {per_micro}"
         )
     return gbt // per_micro
 
 
-def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, accum: int) -> dict[str, Any]:
+def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, accum: int,
+                        dims: ParallelDims | None = None) -> dict[str, Any]:
     """The config saved with every checkpoint, plus the values derived from it and from the data."""
     tc = cfg.train
+    dp = dims.dp if dims else world
     return {
         "config": cfg.model_dump(mode="json"),
         "derived": {
-            "global_batch_tokens": tc.micro_batch_size * tc.seq_len * world * accum,
+            "global_batch_tokens": tc.micro_batch_size * tc.seq_len * dp * accum,
             "world_size": world,
+            "parallel": dims.degrees() if dims else None,
             "grad_accum": accum,
             "vocab_size": manifest["vocab_size"],
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
@@ -431,17 +584,31 @@ def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
 
 def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """summary.json, then manifest.json (the last file: it hashes everything else)."""
+    finish_pending_save(t)
+    barrier()  # every rank's last checkpoint shards are on disk before rank 0 hashes the folder
     summary = build_summary(t, wall_seconds)
-    if t.loader.rank != 0:
+    if t.group.rank != 0:
         return summary
     write_json_atomic(t.run_dir / SUMMARY, summary)
+    clear_report(t.run_dir)  # an earlier leg's report must not be hashed into the manifest, then rewritten
     write_manifest(
         t.run_dir, "train", t.cfg.model_dump(mode="json"),
         inputs=[describe_input(t.cfg.data.shards), describe_input(t.run_config["derived"]["tokenizer_path"])],
         counts={"steps": t.step, "tokens_seen": t.tokens_seen, "params": summary["total_params"],
                 "checkpoints": len(complete_checkpoints(t.run_dir))},
     )
+    maybe_write_report(t.cfg.metrics, t.run_dir)  # after the manifest: a view on the run, not part of it
     return summary
+
+
+def count_params(t: Trainer, trainable: bool = False) -> int:
+    """Whole-model parameter count (DTensor numel is already global; pipeline stages add theirs up)."""
+    n = sum(p.numel() for p in t.model.parameters() if p.requires_grad or not trainable)
+    if t.schedule is None:
+        return n
+    total = torch.tensor([n], dtype=torch.int64)
+    torch.distributed.all_reduce(total, group=t.mesh["pp"].get_group())
+    return int(total.item())
 
 
 def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
@@ -459,8 +626,8 @@ def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
         "val_loss": vals[-1] if vals else None,
         "tokens_seen": t.tokens_seen,
         "steps": t.step,
-        "trainable_params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in t.model.parameters()),
+        "trainable_params": count_params(t, trainable=True),
+        "total_params": count_params(t),
         "wall_seconds": round(wall_seconds, 3),
         "tokens_per_s": rate,
         "mfu": mfu(rate, t.flops_per_token, t.peak) if rate else None,
@@ -470,4 +637,5 @@ def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
         "device": str(t.device),
         "resumed_from_step": t.resumed_from,
         "run_dir": str(t.run_dir.resolve()),
+        **(t.finetune.summary() if t.finetune is not None else {}),  # trainable fraction, SFT counts, DP epsilon
     }

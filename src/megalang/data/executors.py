@@ -1,0 +1,111 @@
+"""Where `data prepare` runs its map tasks: in this process, in a pool of processes, or as Ray tasks.
+
+Every executor returns results in task order; together with tasks that depend only on the input (see
+`plan_tasks`) that is what makes the output the same whichever executor and however many workers ran it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from megalang.errors import UserError
+
+
+def resolve_workers(workers: int) -> int:
+    """0 means every core this process may use (the affinity mask, not the machine's count)."""
+    if workers > 0:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], executor: str, workers: int, progress: bool,
+              total_bytes: int = 0) -> Iterator[Any]:
+    """Yield fn(task) for every task, in task order, with a docs/s and MB/s progress bar on a terminal."""
+    if executor == "ray":
+        results = _run_ray(fn, tasks, workers)
+    elif workers <= 1 or len(tasks) <= 1:
+        results = map(fn, tasks)
+    else:
+        results = _run_pool(fn, tasks, workers)
+    bar = Progress(total_bytes) if progress and sys.stderr.isatty() else None
+    try:
+        for result in results:
+            if bar:
+                bar.update(result.documents_in, result.bytes_in)
+            yield result
+    finally:
+        if bar:
+            bar.close()
+
+
+def _run_pool(fn, tasks, workers) -> Iterator[Any]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may hold threads (pyarrow, torch) that a forked child would inherit locked.
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(fn, tasks)
+
+
+def _run_ray(fn, tasks, workers) -> Iterator[Any]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("executor=ray: Ray is not installed; pip install 'megalang[ray]' or use executor=local") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        # Joins $RAY_ADDRESS when set, else starts a local Ray with `workers` CPUs.
+        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_call)
+        refs = [remote.remote(fn, t) for t in tasks]
+        for ref in refs:
+            yield _ray_get(ray, ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _call(fn, task):
+    return fn(task)
+
+
+def _ray_get(ray, ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.as_instanceof_cause()
+        if isinstance(cause, UserError) or isinstance(getattr(e, "cause", None), UserError):
+            raise UserError(str(getattr(e, "cause", cause))) from None
+        raise
+
+
+class Progress:
+    """A rich progress bar over input bytes, showing documents/s and MB/s."""
+
+    def __init__(self, total_bytes: int):
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+        self.start = time.perf_counter()
+        self.docs = self.bytes = 0
+        self.bar = RichProgress(TextColumn("prepare"), BarColumn(), TextColumn("{task.fields[rate]}"),
+                                TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("prepare", total=max(total_bytes, 1), rate="")
+        self.bar.start()
+
+    def update(self, docs: int, nbytes: int) -> None:
+        self.docs += docs
+        self.bytes += nbytes
+        dt = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, advance=nbytes, rate=f"{self.docs / dt:,.0f} docs/s  {self.bytes / dt / 1e6:.1f} MB/s")
+
+    def close(self) -> None:
+        self.bar.stop()
