@@ -120,12 +120,33 @@ class PendingSave:
     """An async checkpoint in flight: its tensors are being written by DCP's background thread; `finish()`
     waits for them, then marks it complete. Until then the previous checkpoint stays the newest one."""
 
-    def __init__(self, future, finalize):
-        self.future, self.finalize = future, finalize
+    def __init__(self, response, finalize):
+        # DCP returns an AsyncSaveResponse when staging itself runs in the background, else a plain future.
+        self.staged = getattr(response, "staging_completion", None)
+        self.future = getattr(response, "upload_completion", response)
+        self.finalize = finalize
+
+    def wait_staged(self) -> None:
+        """Block until the state is copied to host memory; after that the live tensors may change. The
+        trainer calls this right before the optimizer step, so staging overlaps the forward/backward."""
+        if self.staged is not None:
+            self.staged.result()
+            self.staged = None
 
     def finish(self) -> Path:
+        self.wait_staged()
         self.future.result()
         return self.finalize()
+
+
+def _background_stager():
+    """Stage (copy the state to host memory) in a background thread: the save call returns at once and
+    only the optimizer step has to wait for the copy (pinned memory and non-blocking copies on CUDA)."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    cuda = torch.cuda.is_available()
+    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=True,
+                                        use_non_blocking_copy=cuda))
 
 
 def save_checkpoint(
@@ -166,9 +187,12 @@ def save_checkpoint(
 
     with _quiet_dcp():
         if async_save:
-            future = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
-                                    process_group=_async_group())
-            return PendingSave(future, finalize)
+            stager = _background_stager()
+            response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
+                                      process_group=_async_group(), async_stager=stager)
+            pending = PendingSave(response, finalize)
+            pending.future.add_done_callback(lambda _: stager.close())
+            return pending
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
     # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
     # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.

@@ -245,6 +245,8 @@ def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
             torch.nn.utils.clip_grads_with_norm_(params, t.cfg.train.grad_clip, norm, foreach=True)
     if need_norm:
         t.state_bytes = state_bytes(t.model, t.optimizer)  # gradients still held: measured before zero_grad
+    if t.pending_save is not None:
+        t.pending_save.wait_staged()  # an async checkpoint's host copy must be taken before weights change
     if t.scaler:
         t.scaler.step(t.optimizer)
         t.scaler.update()
