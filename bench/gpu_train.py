@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 WARMUP = 5  # steps excluded from the steady state (compilation, allocator growth)
 

@@ -9,7 +9,6 @@ seconds on CPU, and the head is 385 numbers in a safetensors file.
 from __future__ import annotations
 
 import functools
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from megalang.artifacts import read_manifest, sha256_file, staging_dir, write_manifest
 from megalang.config import ClassifierTrainConfig
 from megalang.errors import UserError
+from megalang.jsonl import json_objects
 
 STAGE = "data.classifier"
 WEIGHTS = "classifier.safetensors"
@@ -74,14 +74,8 @@ def read_labelled(path: str, text_field: str, label_field: str) -> tuple[list[st
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: labelled examples not found; pass a JSONL file with '{text_field}' and '{label_field}'") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); fix or remove the line") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+    for i, record in json_objects(lines, path):
+        if not isinstance(record.get(text_field), str):
             raise UserError(f"{path}:{i}: needs a string '{text_field}' field")
         label = record.get(label_field)
         if label not in (0, 1, True, False):

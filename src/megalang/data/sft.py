@@ -9,7 +9,6 @@ causal mask (no attention across examples).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_di
 from megalang.config import SftTokenizeConfig
 from megalang.data.shards import ShardWriter, open_split, token_dtype
 from megalang.errors import UserError
+from megalang.jsonl import parse_object
 
 ROLES = ("system", "user", "assistant")
 MASK_SUFFIX = ".mask"
@@ -44,12 +44,7 @@ def read_sft_jsonl(path: str | Path) -> Iterator[list[dict[str, str]]]:
 
 
 def parse_example(line: str, where: str) -> list[dict[str, str]]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg}); one JSON object per line") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object with 'messages' or 'prompt'/'completion'")
+    obj = parse_object(line, where, "a JSON object with 'messages' or 'prompt'/'completion'")
     if "messages" in obj:
         return check_messages(obj["messages"], where)
     if "prompt" in obj and "completion" in obj:

@@ -5,7 +5,6 @@ Errors name the file and line, so a bad record in a 10 000-line set is found at 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from megalang import __version__
 from megalang.artifacts import sha256_file, write_json_atomic
 from megalang.errors import UserError
+from megalang.jsonl import json_objects
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,7 @@ def read_jsonl(path: str | Path, schema: Schema | None) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; eval sets are UTF-8 JSONL") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+    for n, record in json_objects(lines, path):
         if schema is not None:
             check_schema(record, schema, f"{path}:{n}")
         record["_line"] = n

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from megalang import __version__
 from megalang.artifacts import MANIFEST, sha256_file, write_json_atomic
 from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
 from megalang.errors import UserError
+from megalang.jsonl import json_objects
 
 
 @torch.no_grad()
@@ -147,14 +147,8 @@ def read_documents(data: str, text_field: str = "text") -> list[str]:
             raise UserError(f"{path}: empty file; nothing to score")
         return [text]
     docs = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or not record[text_field]:
+    for n, record in json_objects(text.splitlines(), path):
+        if not isinstance(record.get(text_field), str) or not record[text_field]:
             raise UserError(f"{path}:{n}: needs a non-empty string field '{text_field}' (set --text-field)")
         docs.append(record[text_field])
     if not docs:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from megalang.artifacts import MANIFEST, describe_input, fsync_dir, sha256_file, write_json_atomic, write_manifest
 from megalang.config import RunConfig
 from megalang.data.loader import SampleLoader, eval_batches, num_windows
-from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
+from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.evaluate.during_training import maybe_run_evals
 from megalang.model.build import build_model, special_ids
