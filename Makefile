@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest -q -n 2 --timeout 900
 
 bench: install
-	@for b in $(wildcard bench/*.py); do echo "# $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(filter-out bench/_%,$(wildcard bench/*.py)); do echo "# $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

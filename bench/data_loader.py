@@ -18,30 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def write_shards(root: Path, tokens: int, vocab: int = 8192) -> Path:
-    from megalang.artifacts import describe_input, sha256_file, write_manifest
-    from megalang.data.shards import ShardWriter
-
-    tok = root / "tok"
-    tok.mkdir(parents=True)
-    (tok / "tokenizer.json").write_text("{}")
-    write_manifest(tok, "tokenizer.train", {}, [], {})
-    shards = root / "shards"
-    shards.mkdir()
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", tokens), ("val", 100_000)):
-        writer = ShardWriter(shards, split, np.dtype(np.uint16), 1 << 26)
-        doc = 10_000
-        for _ in range(n // doc):
-            writer.add(np.append(rng.integers(3, vocab, doc - 1, dtype=np.uint16), np.uint16(2)))
-        splits[split] = writer.close()
-    write_manifest(shards, "data.tokenize", {}, [describe_input(tok)], {}, dtype="uint16", vocab_size=vocab,
-                   eos_id=2, bos_id=1, pad_id=0, unk_id=None, tokenizer_sha256=sha256_file(tok / "manifest.json"),
-                   tokenizer_path=str(tok), splits=splits)
-    return shards
+from _synthetic import synthetic_shards
 
 
 def main() -> None:
@@ -59,7 +36,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        shards = write_shards(root, args.tokens)
+        shards = synthetic_shards(root, args.tokens, 8192)
         manifest = read_shard_manifest(shards)
         split = open_split(shards, "train", manifest)
 

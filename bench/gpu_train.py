@@ -22,34 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _synthetic import synthetic_shards
 
 WARMUP = 5  # steps excluded from the steady state (compilation, allocator growth)
-
-
-def synthetic_shards(root: Path, tokens: int, vocab: int) -> Path:
-    from megalang.artifacts import describe_input, sha256_file, write_manifest
-    from megalang.data.shards import ShardWriter, token_dtype
-
-    tok = root / "tok"
-    tok.mkdir(parents=True)
-    (tok / "tokenizer.json").write_text("{}")
-    write_manifest(tok, "tokenizer.train", {}, [], {})
-    shards = root / "shards"
-    shards.mkdir()
-    dtype = token_dtype(vocab)
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", tokens), ("val", 200_000)):
-        writer = ShardWriter(shards, split, dtype, 1 << 26)
-        for _ in range(n // 100_000):
-            writer.add(np.append(rng.integers(3, vocab, 99_999), 2).astype(dtype))
-        splits[split] = writer.close()
-    write_manifest(shards, "data.tokenize", {}, [describe_input(tok)], {}, dtype=dtype.name, vocab_size=vocab,
-                   eos_id=2, bos_id=1, pad_id=0, unk_id=None, tokenizer_sha256=sha256_file(tok / "manifest.json"),
-                   tokenizer_path=str(tok), splits=splits)
-    return shards
 
 
 def main() -> None:
@@ -82,7 +58,7 @@ def main() -> None:
                     "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        shards = synthetic_shards(root, tokens_per_step * (args.steps + 2) + 200_000, vocab)
+        shards = synthetic_shards(root, tokens_per_step * (args.steps + 2) + 200_000, vocab, 200_000, 100_000)
         cfg = RunConfig.model_validate({
             "model": {"preset": args.preset}, "data": {"shards": str(shards)},
             "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,

@@ -11,35 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from _synthetic import synthetic_shards
 
-from megalang.artifacts import describe_input, sha256_file, write_manifest
 from megalang.config import RunConfig
-from megalang.data.shards import ShardWriter
 from megalang.train.trainer import train
 
 VOCAB = 8192
-
-
-def synthetic_shards(root: Path, tokens: int) -> Path:
-    tok = root / "tok"
-    tok.mkdir(parents=True)
-    (tok / "tokenizer.json").write_text("{}")
-    write_manifest(tok, "tokenizer.train", {}, [], {})
-    rng = np.random.default_rng(0)
-    shards = root / "shards"
-    shards.mkdir()
-    splits = {}
-    for split, n in (("train", tokens), ("val", tokens // 20)):
-        writer = ShardWriter(shards, split, np.dtype(np.uint16), 1 << 24)
-        for _ in range(n // 1000):
-            writer.add(np.append(rng.integers(3, VOCAB, 999), 2))
-        splits[split] = writer.close()
-    write_manifest(shards, "data.tokenize", {}, [describe_input(tok)], {}, dtype="uint16", vocab_size=VOCAB,
-                   eos_id=2, bos_id=1, pad_id=0, unk_id=None, tokenizer_sha256=sha256_file(tok / "manifest.json"),
-                   tokenizer_path=str(tok), splits=splits)
-    return shards
 
 
 def main() -> None:
@@ -47,7 +25,7 @@ def main() -> None:
     results = {"preset": "tiny", "micro_batch": micro, "seq_len": seq, "steps": steps,
                "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        shards = synthetic_shards(Path(tmp), 2_000_000)
+        shards = synthetic_shards(Path(tmp), 2_000_000, VOCAB, 100_000, 1000)
         for precision in ("fp32", "bf16"):
             cfg = RunConfig.model_validate({
                 "model": {"preset": "tiny"}, "data": {"shards": str(shards)},

@@ -250,7 +250,7 @@ class MetricsConfig(Section):
     """Where metrics go besides `RUN/metrics.jsonl`, the GPU thermal/power guard, and the run report (issue #8)."""
 
     port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port (0 = any free port)")
-    host: str = Field("127.0.0.1", description="address the Prometheus endpoint binds; 0.0.0.0 exposes it to the network")
+    host: str = Field("127.0.0.1", description="address the Prometheus endpoint binds (loopback by default); set a network address only to expose it")
     tensorboard: bool = Field(False, description="also write TensorBoard event files to RUN/tensorboard")
     system: bool = Field(True, description="log CPU utilisation, RSS and (on NVIDIA GPUs) NVML telemetry with each line")
     guard_temp_c: float = Field(85.0, gt=0, description="GPU temperature (°C) the thermal guard treats as too hot")

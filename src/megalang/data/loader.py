@@ -22,7 +22,53 @@ def num_windows(split: TokenSplit, seq_len: int) -> int:
     return max(0, (len(split) - 1) // seq_len)
 
 
-class SampleLoader:
+class PositionalLoader:
+    """What every training loader shares: the item at global position g is a pure function of (seed, epoch, g),
+    ranks take consecutive blocks of micro_batch items, and a resume needs only `consumed`.
+
+    Subclasses set seq_len, micro_batch, seed, rank, world, num_samples and consumed, and implement batch_at.
+    """
+
+    source = "data.shards"  # named in the resume error
+    unit = "windows"
+
+    seq_len: int
+    micro_batch: int
+    seed: int
+    world: int
+    num_samples: int
+    consumed: int
+
+    @property
+    def epoch(self) -> int:
+        return self.consumed // self.num_samples
+
+    def batch_at(self, consumed: int) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.batch_at(self.consumed)
+        self.consumed += self.micro_batch * self.world
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "epoch": self.epoch, "num_samples": self.num_samples,
+                "seq_len": self.seq_len, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_samples"] != self.num_samples or state["seq_len"] != self.seq_len:
+            raise UserError(
+                f"{self.source}: the checkpoint's loader read {state['num_samples']} {self.unit} of "
+                f"{state['seq_len']} tokens, the data now gives {self.num_samples} of {self.seq_len}; "
+                "resume with the same data and train.seq_len, or start a new run.dir"
+            )
+        self.consumed = int(state["consumed"])
+
+
+class SampleLoader(PositionalLoader):
     """Micro-batches of (input_ids, labels), each [micro_batch, seq_len] int64, for one data-parallel rank.
 
     Global positions are dealt out in blocks of micro_batch·world: at each micro-step, rank r takes
@@ -43,10 +89,6 @@ class SampleLoader:
         self.consumed = 0  # global samples handed out over all ranks
         self._perms: dict[int, np.ndarray] = {}
 
-    @property
-    def epoch(self) -> int:
-        return self.consumed // self.num_samples
-
     def permutation(self, epoch: int) -> np.ndarray:
         # Keep only the current and the next epoch's order: a global batch can straddle one boundary.
         if epoch not in self._perms:
@@ -66,27 +108,6 @@ class SampleLoader:
                 for p in range(first, first + self.micro_batch)]
         tokens = torch.from_numpy(np.stack(rows))
         return tokens[:, :-1], tokens[:, 1:]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batch_at(self.consumed)
-        self.consumed += self.micro_batch * self.world
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "epoch": self.epoch, "num_samples": self.num_samples,
-                "seq_len": self.seq_len, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["num_samples"] != self.num_samples or state["seq_len"] != self.seq_len:
-            raise UserError(
-                f"data.shards: the checkpoint's loader read {state['num_samples']} windows of "
-                f"{state['seq_len'] + 1} tokens, the train split now has {self.num_samples} of {self.seq_len + 1}; "
-                "resume with the same data.shards and train.seq_len, or start a new run.dir"
-            )
-        self.consumed = int(state["consumed"])
 
 
 def eval_batches(

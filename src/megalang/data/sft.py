@@ -19,6 +19,7 @@ import torch
 
 from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_dir, write_manifest
 from megalang.config import SftTokenizeConfig
+from megalang.data.loader import PositionalLoader
 from megalang.data.shards import ShardWriter, open_split, token_dtype
 from megalang.errors import UserError
 from megalang.jsonl import parse_object
@@ -264,12 +265,14 @@ def collate_row(row: Row, seq_len: int, pad_id: int) -> tuple[np.ndarray, np.nda
     return input_ids, labels, positions
 
 
-class SftLoader:
+class SftLoader(PositionalLoader):
     """Micro-batches of {input_ids, labels, position_ids} over packed SFT rows, for one data-parallel rank.
 
     Same contract as `SampleLoader`: the row at global position g is a pure function of (seed, epoch, g), so a
     resume needs only `consumed`, and ranks take consecutive blocks of micro_batch rows.
     """
+
+    source, unit = "SFT data", "rows"
 
     def __init__(self, root, manifest, seq_len: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1,
                  packing: bool = True, overlong: str = "truncate"):
@@ -283,10 +286,6 @@ class SftLoader:
         self.consumed = 0
         self._order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, row permutation), cached
 
-    @property
-    def epoch(self) -> int:
-        return self.consumed // self.num_samples
-
     def row_at(self, position: int) -> Row:
         epoch, offset = divmod(position, self.num_samples)
         if self._order[0] != epoch:
@@ -299,21 +298,3 @@ class SftLoader:
         input_ids, labels, positions = (torch.from_numpy(np.stack(c)) for c in cols)
         return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = self.batch_at(self.consumed)
-        self.consumed += self.micro_batch * self.world
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "epoch": self.epoch, "num_samples": self.num_samples,
-                "seq_len": self.seq_len, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["num_samples"] != self.num_samples or state["seq_len"] != self.seq_len:
-            raise UserError(f"SFT data: the checkpoint read {state['num_samples']} rows of {state['seq_len']} tokens, "
-                            f"the data now gives {self.num_samples} of {self.seq_len}; resume with the same data and "
-                            "train.seq_len, or start a new run.dir")
-        self.consumed = int(state["consumed"])
