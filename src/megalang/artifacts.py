@@ -94,7 +94,11 @@ def staging_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a killed earlier attempt; never looks complete (no rename happened)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # read-only place, a file in the way, a pseudo-filesystem such as /proc or /sys
+        raise UserError(f"{out}: cannot create the output folder ({e.strerror}: {e.filename}); "
+                        "choose an output path in a writable folder") from None
     try:
         yield tmp
     except BaseException:
@@ -179,11 +183,25 @@ def read_manifest(root: str | os.PathLike, stage: str | None = None, what: str =
     return manifest
 
 
-def verify(root: str | os.PathLike) -> list[str]:
-    """Re-hash an artifact; return one line per problem (empty when everything matches)."""
+def artifact_file(root: str | os.PathLike, rel: str) -> Path:
+    """`root/rel` for a file name read from an artifact's own manifest, refusing names that leave the folder
+    (absolute, `..`): a crafted manifest must not make megalang read or hash files outside what the user named."""
     root = Path(root)
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{root / MANIFEST}: lists '{rel}', which is outside {root}; the manifest is damaged or "
+                        "crafted, re-create the artifact")
+    return path
+
+
+def verify(root: str | os.PathLike) -> list[str]:
+    """Re-hash an artifact, and a run folder's checkpoints against their COMPLETE.json; return one line per
+    problem (empty when everything matches)."""
+    root = Path(root)
+    if not (root / MANIFEST).is_file() and (root / "checkpoints").is_dir():
+        return _checkpoint_problems(root, {})  # a run still training (or killed): its checkpoints can be checked
     manifest = read_manifest(root)
-    problems = []
+    problems, verified = [], {}
     for rel, info in manifest["files"].items():
         p = root / rel
         if not p.is_file():
@@ -192,12 +210,24 @@ def verify(root: str | os.PathLike) -> list[str]:
             problems.append(f"{p}: size {p.stat().st_size} != {info['size']} in manifest")
         elif sha256_file(p) != info["sha256"]:
             problems.append(f"{p}: SHA-256 mismatch")
+        else:
+            verified[str(p)] = info["sha256"]
+    if (root / "checkpoints").is_dir():
+        problems += _checkpoint_problems(root, verified)
     for inp in manifest.get("inputs", []):
         if inp.get("kind") == "artifact" and Path(inp["path"]).is_dir():
             actual = sha256_file(Path(inp["path"]) / MANIFEST)
             if actual != inp["manifest_sha256"]:
                 problems.append(f"{inp['path']}/{MANIFEST}: input artifact changed since {root} was made")
     return problems
+
+
+def _checkpoint_problems(run_dir: Path, verified: dict[str, str]) -> list[str]:
+    """A run folder's complete checkpoints against the SHA-256 list in their COMPLETE.json (files the
+    manifest already verified with the same hash are not read twice)."""
+    from megalang.train.checkpoint_integrity import run_checkpoint_problems
+
+    return run_checkpoint_problems(run_dir, verified)
 
 
 def lineage(root: str | os.PathLike) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from megalang.config import (
     config_help,
     load_config,
 )
-from megalang.errors import UserError
+from megalang.errors import UserError, from_os_error
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -49,14 +49,18 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 def user_errors(fn):
-    """Turn a UserError into one line on stderr and exit code 2."""
+    """Turn a UserError (or a disk-full / permission OSError) into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
+        except (UserError, OSError) as e:
+            # An OSError is a user's problem only for disk-full / permission / path-in-the-way errnos.
+            problem = e if isinstance(e, UserError) else from_os_error(e)
+            if problem is None:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(problem))}", markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -157,27 +161,29 @@ def data_tokenize(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     format: Annotated[str, typer.Option(help="text: documents; sft: chats/prompt-completion with a loss mask.")] = "text",
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Any other tokenize key, e.g. curriculum.by=length (see docs/data.md); repeatable."),
+    ] = None,
 ):
     """Tokenize documents into packed train/val shards (EOS between documents)."""
+    from megalang.config import deep_merge, parse_overrides
     from megalang.data.tokenize import tokenize
 
     if format == "sft":  # issue #6: chat template + assistant-only loss mask (data/sft.py)
         from megalang.config import SftTokenizeConfig
         from megalang.data.sft import tokenize_sft
 
-        manifest = tokenize_sft(build_config(SftTokenizeConfig, dict(input=input, model=tokenizer, out=out_dir,
-                                                                     overwrite=overwrite)))
+        # --set val_input=FILE or val_fraction=F holds out a val split (SftTokenizeConfig)
+        options = dict(input=input, model=tokenizer, out=out_dir, overwrite=overwrite)
+        manifest = tokenize_sft(build_config(SftTokenizeConfig, deep_merge(options, parse_overrides(set_ or []))))
         out.print(f"tokenized {out_dir}: " + _counts(manifest["counts"]))
         return
     if format != "text":
         raise UserError(f"--format {format}: use text or sft")
-    cfg = build_config(
-        TokenizeConfig,
-        dict(
-            input=input, tokenizer=tokenizer, out=out_dir, val_fraction=val_fraction,
-            val_sources=val_source or [], overwrite=overwrite,
-        ),
-    )
+    options = dict(input=input, tokenizer=tokenizer, out=out_dir, val_fraction=val_fraction,
+                   val_sources=val_source or [], overwrite=overwrite)
+    cfg = build_config(TokenizeConfig, deep_merge(options, parse_overrides(set_ or [])))
     manifest = tokenize(cfg)
     out.print(f"tokenized {out_dir}: " + _counts(manifest["counts"]))
 

@@ -112,6 +112,30 @@ class TokenizerTrainConfig(Section):
     overwrite: bool = False
 
 
+class CurriculumConfig(Section):
+    """Difficulty order of the train split (issue #5; see docs/data.md "Curriculum"): stages the loader walks in order."""
+
+    by: str = Field("none", description="none, length (tokens), chars, or column:NAME (a numeric column; see scores)")
+    stages: int = Field(4, ge=1, le=1024, description="stages of equal token count (ignored when boundaries are set)")
+    boundaries: list[float] = Field(
+        default_factory=list, description="explicit score thresholds between stages (sorted); stages = len + 1"
+    )
+    order: Literal["easy_first", "hard_first"] = Field("easy_first", description="low scores first, or high first")
+    scores: str | None = Field(
+        None, description="Parquet/JSONL with the prepared documents' `id` and the numeric column of `by`=column:NAME"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CurriculumConfig:
+        if self.by not in ("none", "length", "chars") and not (self.by.startswith("column:") and self.by[7:]):
+            raise ValueError(f"curriculum.by={self.by!r}: use none, length, chars or column:NAME")
+        if self.boundaries != sorted(self.boundaries):
+            raise ValueError("curriculum.boundaries must be sorted ascending")
+        if self.scores and not self.by.startswith("column:"):
+            raise ValueError(f"curriculum.scores is only read with curriculum.by=column:NAME (by is {self.by!r})")
+        return self
+
+
 class TokenizeConfig(Section):
     """`megalang data tokenize`: documents → packed token shards (train-*/val-*)."""
 
@@ -124,6 +148,7 @@ class TokenizeConfig(Section):
     )
     tokens_per_shard: int = Field(1 << 28, ge=1024, description="tokens per .bin file before starting a new one")
     batch_docs: int = Field(1024, ge=1, description="documents encoded per batch")
+    curriculum: CurriculumConfig = Field(default_factory=lambda: CurriculumConfig())
     overwrite: bool = False
 
 
@@ -133,6 +158,10 @@ class SftTokenizeConfig(Section):
     input: str = Field(description="JSONL file: {messages: [{role, content}, ...]} or {prompt, completion} per line")
     model: str = Field(description="Hugging Face folder or .gguf file whose tokenizer and chat template are used")
     out: str = Field(description="output shard folder")
+    val_input: str | None = Field(None, description="held-out JSONL of the same form, written as the val split")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="without val_input: examples of input held out as val (by a hash of each example)"
+    )
     overwrite: bool = False
 
 
@@ -151,9 +180,17 @@ class DataConfig(Section):
     sft: str | None = Field(
         None, description="SFT JSONL (messages or prompt/completion), tokenized with model.pretrained's chat template"
     )
+    sft_val: str | None = Field(None, description="SFT: held-out JSONL; val_loss on its assistant tokens")
+    sft_val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="SFT without data.sft_val: examples of data.sft held out for val_loss (by hash)"
+    )
     packing: bool = Field(True, description="SFT: several examples per row (no attention across them); false pads")
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="SFT: an example longer than train.seq_len+1 tokens is truncated or dropped (counted)"
+    )
+    curriculum: bool = Field(True, description="follow the shards' curriculum stages in the first epoch (false: shuffle all)")
+    verify: Literal["auto", "always", "never"] = Field(
+        "auto", description="check shard SHA-256s at train start; auto: skip files unchanged (size, mtime) since the last check"
     )
 
 
@@ -186,6 +223,13 @@ class TrainSection(Section):
     eval_every: int = Field(0, ge=0, description="steps between val-loss evaluations (0 = only at the end)")
     eval_batches: int = Field(20, ge=1, description="micro-batches per val-loss evaluation")
     progress: bool = Field(True, description="show a progress bar when attached to a terminal")
+    # --- issue #4: numerical health (train/health.py, docs/reliability.md) ---
+    nonfinite: Literal["skip", "stop", "off"] = Field(
+        "skip", description="NaN/Inf loss or grad norm on any rank: skip the update, stop the run, or off (no check, no sync)"
+    )
+    max_skipped_steps: int = Field(5, ge=0, description="skipped steps allowed in a row; the next bad step stops the run")
+    spike_zscore: float = Field(0.0, ge=0, description="skip steps whose loss z-score over spike_window exceeds this (0 = off)")
+    spike_window: int = Field(50, ge=2, description="accepted steps the spike guard's loss mean and deviation cover")
 
     @model_validator(mode="after")
     def _check(self) -> TrainSection:
@@ -201,9 +245,18 @@ class CheckpointConfig(Section):
     every: int = Field(1000, ge=0, description="steps between checkpoints (0 = only the final one)")
     keep: int = Field(2, ge=1, description="newest complete checkpoints kept")
     resume: Literal["auto", "never"] = Field("auto", description="auto: resume from the newest complete one")
+    resume_step: int | None = Field(
+        None, ge=0, description="resume from exactly this step's checkpoint (an error if it is missing or incomplete)"
+    )
     async_save: bool = Field(
         False, description="write checkpoints in a background thread (DCP async_save) while training continues"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckpointConfig:
+        if self.resume == "never" and self.resume_step is not None:
+            raise ValueError("checkpoint.resume_step needs checkpoint.resume=auto (never: start fresh)")
+        return self
 
 
 class ParallelConfig(Section):
@@ -217,6 +270,12 @@ class ParallelConfig(Section):
     cpu_offload: bool = Field(False, description="FSDP2 CPU offload of parameters, gradients and optimizer state")
     mixed_precision: bool = Field(
         True, description="FSDP2 on GPU: bf16 parameters for compute, fp32 gradient reduction (ignored on CPU)"
+    )
+    # One limit for everything: torchtitan uses 300 s for init + first step and 100 s after, but here the first
+    # step, synchronous checkpoint saves and resume loads all run inside collectives, and at 100B scale they
+    # can take minutes. PyTorch's own default (10-30 min) hides a stall for that long.
+    timeout_s: float = Field(
+        600, gt=0, description="seconds a collective may wait for the other ranks before the job fails (a stalled rank)"
     )
 
     @model_validator(mode="after")

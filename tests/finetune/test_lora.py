@@ -133,3 +133,39 @@ def test_sft_lora_recipe_on_smollm2_gguf(smol_gguf, planted_chats, tmp_path):
     ids = tok(text, return_tensors="pt")
     answer = tok.decode(model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids["input_ids"].shape[1]:])
     assert answer.startswith("BANANA"), answer
+
+
+def test_qlora_loads_an_nf4_base_on_its_gpu():
+    """The CUDA path's from_pretrained arguments (built without a GPU): NF4, double quantization, bf16 matmuls,
+    the whole base on the run's device; nothing without lora.qlora."""
+    from megalang.config import LoraConfig
+    from megalang.model.lora import quantization_config
+
+    kwargs = quantization_config(LoraConfig(rank=4, qlora=True), torch.device("cuda", 1))
+    bnb = kwargs["quantization_config"]
+    assert bnb.load_in_4bit and not bnb.load_in_8bit
+    assert bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    assert bnb.bnb_4bit_compute_dtype == torch.bfloat16
+    assert kwargs["device_map"] == {"": 1}
+    assert quantization_config(LoraConfig(rank=4)) == {}
+
+
+def test_qlora_prepares_the_base_for_kbit_training(tiny_pretrained):
+    """apply_lora with qlora runs peft's prepare_model_for_kbit_training first: the base is frozen, the adapters
+    train, and the weights that stay unquantized (norms, embeddings) are cast to fp32; plain LoRA leaves them."""
+    from transformers import AutoModelForCausalLM
+
+    from megalang.config import LoraConfig
+    from megalang.model.lora import apply_lora
+
+    def build(qlora: bool):
+        base = AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.bfloat16)
+        return apply_lora(base, LoraConfig(rank=4, qlora=qlora))
+
+    model = build(qlora=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    norms = [p for n, p in model.named_parameters() if n.endswith("layernorm.weight")]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    assert build(qlora=False).get_input_embeddings().weight.dtype == torch.bfloat16

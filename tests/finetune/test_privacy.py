@@ -31,11 +31,14 @@ def many_chats(tmp_path):
     return write_jsonl(tmp_path / "chat.jsonl", rows)
 
 
-def test_reported_epsilon_is_opacus_accountant(tiny_pretrained, many_chats, tmp_path):
+@pytest.mark.parametrize("lora_rank", [4, 0], ids=["lora", "full"])
+def test_reported_epsilon_is_opacus_accountant(lora_rank, tiny_pretrained, many_chats, tmp_path):
+    """LoRA (the practical case) and a full fine-tune of a small model (every parameter, tied embedding included)."""
     from opacus.accountants import RDPAccountant
     from opacus.accountants.utils import get_noise_multiplier
 
-    summary = train(dp_config(tmp_path, tiny_pretrained, many_chats))
+    summary = train(dp_config(tmp_path, tiny_pretrained, many_chats, f"lora.rank={lora_rank}"))
+    assert (summary["trainable_params"] == summary["total_params"]) == (lora_rank == 0)
     examples = summary["sft"]["examples"]
     sample_rate = BATCH / examples
     noise = get_noise_multiplier(target_epsilon=8.0, target_delta=0.01, sample_rate=sample_rate, steps=STEPS,
@@ -49,17 +52,21 @@ def test_reported_epsilon_is_opacus_accountant(tiny_pretrained, many_chats, tmp_
     assert lines[-1]["epsilon"] == expected and lines[0]["epsilon"] < expected  # ε grows with the steps taken
 
 
-def test_per_example_clipping_is_active(tiny_pretrained):
-    """With per-example gradients far above max_grad_norm, the summed clipped gradient is at most batch × C."""
+@pytest.mark.parametrize("lora_rank", [4, 0], ids=["lora", "full"])
+def test_per_example_clipping_is_active(lora_rank, tiny_pretrained):
+    """With per-example gradients far above max_grad_norm, the summed clipped gradient is at most batch × C.
+    Full fine-tune: every parameter gets per-example gradients (RMSNorm through Opacus's functorch fallback,
+    the tied embedding summed over its two uses)."""
     from transformers import AutoModelForCausalLM
 
     from megalang.model.lora import apply_lora
     from megalang.train.optim import build_optimizer
     from megalang.train.privacy import make_private
 
-    cfg = RunConfig.model_validate({"lora": {"rank": 4}, "privacy": {"target_epsilon": 8.0, "delta": 1e-4,
-                                                                      "max_grad_norm": 0.01}})
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.float32), cfg.lora)
+    cfg = RunConfig.model_validate({"lora": {"rank": lora_rank}, "privacy": {"target_epsilon": 8.0, "delta": 1e-4,
+                                                                              "max_grad_norm": 0.01}})
+    model = AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.float32).train()
+    model = apply_lora(model, cfg.lora) if lora_rank else model
     optimizer, state = make_private(model, build_optimizer(model, cfg.train), cfg, num_examples=1000,
                                     batch_size=4, steps=10)
     ids = torch.randint(0, 1000, (4, 16))
@@ -68,6 +75,11 @@ def test_per_example_clipping_is_active(tiny_pretrained):
     raw = [p.grad_sample.flatten(1).norm(dim=1) for p in params]
     per_example = torch.stack(raw).pow(2).sum(0).sqrt()
     assert (per_example > 1.0).all()  # every example's gradient is 100× the clipping norm
+    if not lora_rank:
+        assert len(params) == len(list(model.parameters()))  # nothing frozen, nothing without per-example grads
+        tied = model.get_input_embeddings().weight
+        assert tied is model.get_output_embeddings().weight
+        torch.testing.assert_close(tied.grad_sample.mean(0), tied.grad, rtol=1e-3, atol=1e-4)
     optimizer.clip_and_accumulate()
     summed = torch.cat([p.summed_grad.flatten() for p in params]).norm()
     assert summed <= 4 * 0.01 * (1 + 1e-4)

@@ -22,9 +22,11 @@ def make_tokenizer(root: Path, tag: str = "a") -> Path:
     return root
 
 
-def make_shards(root: Path, tokenizer: Path, train_docs: int = 400, val_docs: int = 40, seed: int = 0) -> Path:
+def make_shards(root: Path, tokenizer: Path, train_docs: int = 400, val_docs: int = 40, seed: int = 0,
+                vocab: int = VOCAB) -> Path:
     """Documents count upward from a random start (mod 60, ids 3..62), each followed by EOS: the next token
-    is predictable inside a document, so a model that learns shows a falling loss within a few steps."""
+    is predictable inside a document, so a model that learns shows a falling loss within a few steps.
+    `vocab` (>= 63) sets the manifest's vocab size, e.g. an odd one that no world size divides."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     splits = {}
@@ -37,7 +39,7 @@ def make_shards(root: Path, tokenizer: Path, train_docs: int = 400, val_docs: in
     write_manifest(
         root, "data.tokenize", {}, [describe_input(tokenizer)],
         {"tokens": sum(s["tokens"] for s in splits.values())},
-        dtype="uint16", vocab_size=VOCAB, eos_id=EOS, bos_id=BOS, pad_id=PAD, unk_id=None,
+        dtype="uint16", vocab_size=vocab, eos_id=EOS, bos_id=BOS, pad_id=PAD, unk_id=None,
         tokenizer_sha256=sha256_file(tokenizer / "manifest.json"), tokenizer_path=str(tokenizer.resolve()),
         splits=splits,
     )

@@ -1,9 +1,13 @@
 """train/checkpoint.py: DCP round trip, COMPLETE.json discovery, retention, crash safety, loading for inference."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
+
+from megalang.artifacts import sha256_file
 
 from megalang.config import ModelConfig, RunConfig, TrainSection
 from megalang.errors import UserError
@@ -135,3 +139,95 @@ def test_load_trained_model_errors(tmp_path):
     (tmp_path / "checkpoints" / "step-4").mkdir()
     with pytest.raises(UserError, match="step 4; complete steps: 2"):
         load_trained_model(tmp_path, step=4)
+
+
+def test_complete_json_records_every_file_with_sha256(tmp_path):
+    path = save(tmp_path, 2, *trained(steps=1))
+    complete = json.loads((path / "COMPLETE.json").read_text())
+    on_disk = sorted(p.name for p in path.iterdir() if p.name != "COMPLETE.json")
+    assert sorted(complete["sha256"]) == sorted(complete["files"]) == on_disk
+    assert {".metadata", "__0_0.distcp", "trainer_state.json", "run_config.json"} <= set(on_disk)
+    for name, digest in complete["sha256"].items():
+        assert digest == sha256_file(path / name), name
+
+
+def corrupt_copy(tmp_path, edit):
+    """A saved checkpoint copied to a fresh folder (verification is cached per folder), then edited."""
+    save(tmp_path / "src", 2, *trained(steps=1))
+    path = tmp_path / "run" / "checkpoints" / "step-2"
+    shutil.copytree(tmp_path / "src" / "checkpoints" / "step-2", path)
+    edit(path)
+    return path
+
+
+def test_missing_or_truncated_file_is_a_corrupt_checkpoint(tmp_path):
+    missing = corrupt_copy(tmp_path / "a", lambda p: (p / ".metadata").unlink())
+    with pytest.raises(UserError, match=r"step-2/.metadata: missing: checkpoint .* is corrupt"):
+        load_checkpoint(missing, *trained(seed=1, steps=0), StubLoader())
+    short = corrupt_copy(tmp_path / "b", lambda p: os.truncate(p / "__0_0.distcp", 10))
+    with pytest.raises(UserError, match=r"__0_0.distcp: 10 bytes, COMPLETE.json records \d+"):
+        load_trained_model(short.parent.parent)
+
+
+def test_checkpoint_without_hashes_still_loads_with_sizes_checked(tmp_path):
+    """Checkpoints written before COMPLETE.json held SHA-256 values: sizes are all there is to check."""
+    def drop_hashes(path):
+        record = json.loads((path / "COMPLETE.json").read_text())
+        del record["sha256"]
+        (path / "COMPLETE.json").write_text(json.dumps(record))
+
+    old = corrupt_copy(tmp_path / "a", drop_hashes)
+    assert load_checkpoint(old, *trained(seed=1, steps=0), StubLoader())["step"] == 2
+    flipped = corrupt_copy(tmp_path / "b", drop_hashes)
+    data = bytearray((flipped / "__0_0.distcp").read_bytes())
+    data[-1] ^= 1
+    (flipped / "__0_0.distcp").write_bytes(bytes(data))  # same size: undetectable without a hash
+    assert load_checkpoint(flipped, *trained(seed=1, steps=0), StubLoader())["step"] == 2
+    os.truncate(flipped / "__0_0.distcp", 10)
+    with pytest.raises(UserError, match="10 bytes, COMPLETE.json records"):
+        load_checkpoint(flipped, *trained(seed=1, steps=0), StubLoader())
+
+
+def test_saving_an_older_step_retires_newer_checkpoints(tmp_path):
+    """After a resume from an older step (checkpoint.resume_step) the newer checkpoints are an abandoned future:
+    the first save removes them, so the next automatic resume cannot pick one."""
+    model, opt, sched = trained(steps=1)
+    for step in (2, 4, 6):
+        save(tmp_path, step, model, opt, sched, keep=3)
+    save(tmp_path, 4, model, opt, sched, keep=3)
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-4"]
+
+
+def test_dcp_files_are_written_with_fsync(tmp_path, monkeypatch):
+    """Crash consistency rests on DCP syncing every file it writes before COMPLETE.json vouches for them."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = save(tmp_path, 2, *trained(steps=1))
+    names = {os.path.basename(p) for p in synced}
+    assert {"__0_0.distcp", ".metadata.tmp", "COMPLETE.json.tmp", "trainer_state.json.tmp", "step-2.tmp",
+            "checkpoints"} <= names, names
+    assert path.is_dir()
+
+
+def test_each_file_is_hashed_once_per_save(tmp_path, monkeypatch):
+    """The tensor files are hashed by the rank that wrote them, inside DCP's write (the background thread
+    with async_save), and not read back a second time when COMPLETE.json is written."""
+    from megalang.train import checkpoint_integrity
+
+    hashed = []
+    real = checkpoint_integrity.sha256_file
+
+    def counting(path):
+        hashed.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(checkpoint_integrity, "sha256_file", counting)
+    path = save(tmp_path, 2, *trained(steps=1))
+    assert sorted(hashed) == sorted(p.name for p in path.iterdir() if p.name != "COMPLETE.json")

@@ -106,7 +106,7 @@ def test_rerunning_a_finished_run_trains_nothing(resumed_run):
     [
         ({"train": {"seq_len": 16}}, "train.seq_len"),
         ({"train": {"micro_batch_size": 8}}, "train.global_batch_tokens"),
-        ({"model": {"preset": "debug", "dropout": 0.1}}, "model"),
+        ({"model": {"preset": "debug", "dropout": 0.1}}, "model.dropout"),
     ],
 )
 def test_resume_refuses_an_incompatible_config(full_run, shards, change, field):

@@ -43,7 +43,7 @@ def load_encoder():
 
     path = encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True).eval()
     return tokenizer, model
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from megalang.data.curriculum import stage_windows, staged_permutation
 from megalang.data.shards import TokenSplit
 from megalang.errors import UserError
 
@@ -75,9 +76,13 @@ class SampleLoader(PositionalLoader):
     positions [consumed + r·micro_batch, consumed + (r+1)·micro_batch). A global batch is `accum` such
     blocks, so with micro_batch·world·accum fixed every optimizer step sees the same samples on any world
     size, and `consumed` always names an exact prefix of the global order.
+
+    `curriculum` (the shard manifest's entry; see data/curriculum.py) makes the first epoch walk its stages in
+    order, shuffled within each; later epochs shuffle the whole split.
     """
 
-    def __init__(self, split: TokenSplit, seq_len: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, split: TokenSplit, seq_len: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 curriculum: dict[str, Any] | None = None):
         self.split, self.seq_len, self.micro_batch = split, seq_len, micro_batch
         self.seed, self.rank, self.world = seed, rank, world
         self.num_samples = num_windows(split, seq_len)
@@ -87,14 +92,30 @@ class SampleLoader(PositionalLoader):
                 f"({seq_len + 1}); tokenize more data or lower train.seq_len"
             )
         self.consumed = 0  # global samples handed out over all ranks
+        self.stages = stage_windows(curriculum, seq_len, self.num_samples)  # None: no curriculum
         self._perms: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:
         # Keep only the current and the next epoch's order: a global batch can straddle one boundary.
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            if epoch == 0 and self.stages:
+                self._perms[epoch] = staged_permutation(self.seed, self.stages)
+            else:
+                self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         return self._perms[epoch]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "stages": self.stages}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        # A resume must replay the same order: the curriculum (or its absence) is part of it.
+        if state.get("stages") != self.stages:
+            raise UserError(
+                f"{self.source}: the checkpoint's loader used curriculum stages {state.get('stages')}, the data now "
+                f"gives {self.stages}; resume with the same shards and data.curriculum, or start a new run.dir"
+            )
 
     def sample_index(self, position: int) -> int:
         """Which window the global position `position` reads."""

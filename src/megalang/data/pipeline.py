@@ -24,7 +24,7 @@ import numpy as np
 from megalang.artifacts import describe_input, read_manifest, staging_dir, write_manifest
 from megalang.config import PrepareConfig
 from megalang.data.readers import InputFiles, find_input_files, input_size, is_url, open_raw, read_documents
-from megalang.errors import UserError
+from megalang.errors import UserError, naming
 
 STAGE = "data.prepare"
 DOC_FILE = "docs-{:05d}.parquet"
@@ -339,7 +339,8 @@ class DocWriter:
             take = min(len(self._rows["id"]), self.docs_per_file - self._in_file)
             chunk = {k: v[:take] for k, v in self._rows.items()}
             self._rows = {k: v[take:] for k, v in self._rows.items()}
-            self._writer.write_table(pa.table(chunk, schema=self._writer.schema))
+            with naming(self.root / self.files[-1]):  # a full disk is reported against this file
+                self._writer.write_table(pa.table(chunk, schema=self._writer.schema))
             self._in_file += take
             if self._in_file >= self.docs_per_file:
                 self._close_file()
@@ -461,7 +462,8 @@ def map_task(task: Task, cfg: PrepareConfig, parts: str) -> TaskResult:
     digests, nbytes, has_sig, sigs = bytearray(), [], [], []
     rows: dict[str, list[str]] = {"text": [], "source": []}
     schema = pa.schema([("text", pa.large_string()), ("source", pa.string())])
-    with pq.ParquetWriter(part_path(parts, task.index), schema, compression="zstd", compression_level=1) as out:
+    part = part_path(parts, task.index)
+    with naming(part), pq.ParquetWriter(part, schema, compression="zstd", compression_level=1) as out:
         for path in task.files:
             for text, source in read_file(path if is_url(path) else Path(path), cfg, errors):
                 doc, size = runner(Doc(text, source))

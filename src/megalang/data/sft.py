@@ -9,6 +9,7 @@ causal mask (no attention across examples).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,37 +136,80 @@ def load_model_tokenizer(model_path: str | Path):
 
 
 def tokenize_sft(cfg: SftTokenizeConfig, tokenizer=None) -> dict[str, Any]:
-    """Render and tokenize every example into `train-*` shards plus masks; copy the tokenizer in; manifest last."""
+    """Render and tokenize every example into `train-*` (and `val-*`) shards plus masks; copy the tokenizer in;
+    manifest last. The val split is `cfg.val_input`, else the `cfg.val_fraction` of `cfg.input` a hash picks."""
     tokenizer = tokenizer if tokenizer is not None else load_model_tokenizer(cfg.model)
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
     out = Path(cfg.out)
     with staging_dir(out, cfg.overwrite) as tmp:
-        writer = ShardWriter(tmp, "train", dtype, tokens_per_shard=1 << 62)  # one shard: SFT sets are small
-        masks, assistant_tokens = [], 0
-        for n, messages in enumerate(read_sft_jsonl(cfg.input), 1):
-            ids, mask = render_example(tokenizer, messages, f"{cfg.input}:{n}")
-            writer.add(ids)
-            masks.append(mask)
-            assistant_tokens += int(mask.sum())
-        split = writer.close()
-        if not split["documents"]:
-            raise UserError(f"{cfg.input}: no examples (the file is empty)")
-        np.concatenate(masks).tofile(tmp / split["files"][0].replace(".bin", MASK_SUFFIX))
-        split["files"].append(split["files"][0].replace(".bin", MASK_SUFFIX))
+        writers = {name: SplitWriter(tmp, name, dtype) for name in ("train", "val")}
+        for where, messages, split in route_examples(cfg):
+            writers[split].add(*render_example(tokenizer, messages, where))
+        splits = {name: w.close() for name, w in writers.items()}
+        if not splits["train"]["documents"]:
+            raise UserError(f"{cfg.input}: no training examples (the file is empty, or val_fraction took them all)")
         tok_dir = save_tokenizer(tokenizer, tmp / TOKENIZER_DIR, cfg.model)
+        train, val = splits["train"], splits["val"]
         return write_manifest(
             tmp, "data.tokenize", config=cfg.model_dump(),
-            inputs=[describe_input(cfg.input)],
-            counts={"examples": split["documents"], "tokens": split["tokens"], "assistant_tokens": assistant_tokens,
-                    "train_documents": split["documents"], "train_tokens": split["tokens"]},
+            inputs=[describe_input(cfg.input)] + ([describe_input(cfg.val_input)] if cfg.val_input else []),
+            counts={"examples": train["documents"], "tokens": train["tokens"],
+                    "assistant_tokens": writers["train"].assistant_tokens,
+                    "train_documents": train["documents"], "train_tokens": train["tokens"],
+                    "val_documents": val["documents"], "val_tokens": val["tokens"],
+                    "val_assistant_tokens": writers["val"].assistant_tokens},
             format="sft", dtype=dtype.name, vocab_size=vocab_size,
             bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id, unk_id=tokenizer.unk_token_id,
             tokenizer_sha256=sha256_file(tok_dir / MANIFEST),
             tokenizer_path=str(out.resolve() / TOKENIZER_DIR),
-            splits={"train": split, "val": {"files": [], "tokens": 0, "documents": 0}},
+            splits=splits,
         )
+
+
+def route_examples(cfg: SftTokenizeConfig) -> Iterator[tuple[str, list[dict[str, str]], str]]:
+    """(where, messages, split) for every example. A hash of the conversation picks the val share, so the split
+    does not depend on line order and duplicates land on the same side; a tiny file still gets one val example."""
+    from megalang.data.tokenize import SplitRouter
+
+    router = SplitRouter([], cfg.val_fraction)
+    last_train, any_val = None, False
+    for n, messages in enumerate(read_sft_jsonl(cfg.input), 1):
+        where = f"{cfg.input}:{n}"
+        if cfg.val_fraction and not cfg.val_input and router.hash_is_val(json.dumps(messages, sort_keys=True)):
+            any_val = True
+            yield where, messages, "val"
+        else:
+            if last_train is not None:
+                yield *last_train, "train"
+            last_train = (where, messages)
+    if last_train is not None:  # held back one step: it becomes val if the hash chose none
+        yield *last_train, "val" if cfg.val_fraction and not cfg.val_input and not any_val else "train"
+    if cfg.val_input:
+        for n, messages in enumerate(read_sft_jsonl(cfg.val_input), 1):
+            yield f"{cfg.val_input}:{n}", messages, "val"
+
+
+class SplitWriter:
+    """One split's token shard plus its loss-mask file (one byte per token, in the same order)."""
+
+    def __init__(self, root: Path, name: str, dtype):
+        self.writer = ShardWriter(root, name, dtype, tokens_per_shard=1 << 62)  # one shard: SFT sets are small
+        self.root, self.masks, self.assistant_tokens = root, [], 0
+
+    def add(self, ids: np.ndarray, mask: np.ndarray) -> None:
+        self.writer.add(ids)
+        self.masks.append(mask)
+        self.assistant_tokens += int(mask.sum())
+
+    def close(self) -> dict[str, Any]:
+        split = self.writer.close()
+        if split["documents"]:
+            mask_name = split["files"][0].replace(".bin", MASK_SUFFIX)
+            np.concatenate(self.masks).tofile(self.root / mask_name)
+            split["files"].append(mask_name)
+        return split
 
 
 def save_tokenizer(tokenizer, dest: Path, source: str | Path) -> Path:
@@ -180,12 +224,13 @@ def save_tokenizer(tokenizer, dest: Path, source: str | Path) -> Path:
 # --- rows for training ------------------------------------------------------------------------------
 
 
-def read_sft_examples(root: str | Path, manifest: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids, mask) per example of an SFT shard folder's train split."""
+def read_sft_examples(root: str | Path, manifest: dict[str, Any],
+                      split_name: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, mask) per example of one split (train or val) of an SFT shard folder."""
     root = Path(root)
-    split = open_split(root, "train", manifest)
+    split = open_split(root, split_name, manifest)
     masks = []
-    for name in manifest["splits"]["train"]["files"]:
+    for name in manifest["splits"][split_name]["files"]:
         if name.endswith(MASK_SUFFIX):
             masks.append(np.fromfile(root / name, dtype=np.uint8))
     mask = np.concatenate(masks) if masks else np.zeros(0, np.uint8)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from megalang.artifacts import read_manifest
-from megalang.errors import UserError
+from megalang.artifacts import artifact_file, read_manifest
+from megalang.errors import UserError, naming
 
 SPLITS = ("train", "val")
 
@@ -47,7 +47,8 @@ class ShardWriter:
         if ids.size and ids.dtype != self.dtype and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
             # A silent wrap-around would train on the wrong tokens; this is a bug in the caller, not user input.
             raise ValueError(f"token ids outside {self.dtype} range: min {ids.min()}, max {ids.max()}")
-        self._bin.write(ids.astype(self.dtype, copy=False).tobytes())
+        with naming(self._bin.name):  # a full disk is reported against the shard being written
+            self._bin.write(ids.astype(self.dtype, copy=False).tobytes())
         self._in_shard += len(ids)
         self._ends.append(self._in_shard)
         self.tokens += len(ids)
@@ -112,12 +113,12 @@ def open_split(root: str | Path, split: str, manifest: dict[str, Any] | None = N
     info = manifest["splits"].get(split)
     if not info or not info["files"]:
         raise UserError(f"{root}: shard folder has no '{split}' split; re-run `megalang data tokenize`")
-    dtype = np.dtype(manifest["dtype"])
+    dtype = shard_dtype(root, manifest)
     bins, ends = [], []
     for name in info["files"]:
         if not name.endswith(".bin"):
             continue
-        path = root / name
+        path = artifact_file(root, name)
         if not path.is_file() or not path.with_suffix(".idx").is_file():
             raise UserError(f"{path}: shard file missing; the folder is incomplete, re-run `megalang data tokenize`")
         size = path.stat().st_size
@@ -130,6 +131,14 @@ def open_split(root: str | Path, split: str, manifest: dict[str, Any] | None = N
             raise UserError(f"{path}: {len(bins[-1])} tokens but its .idx ends at {last_end}; the shard is damaged, "
                             "run `megalang verify` and re-run `megalang data tokenize`")
     return TokenSplit(bins, ends)
+
+
+def shard_dtype(root: Path, manifest: dict[str, Any]) -> np.dtype:
+    """The manifest's token dtype, which must be one the writer produces: any other would reinterpret the bytes."""
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        raise UserError(f"{root / 'manifest.json'}: dtype {manifest.get('dtype')!r} is not uint16 or uint32; "
+                        "re-run `megalang data tokenize`")
+    return np.dtype(manifest["dtype"])
 
 
 def read_shard_manifest(root: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_dir, write_manifest
 from megalang.config import TokenizeConfig
+from megalang.data import curriculum as cur
 from megalang.data.pipeline import iter_prepared, read_prepared_manifest
 from megalang.data.shards import SPLITS, ShardWriter, token_dtype
 from megalang.data.tokenizer import load_tokenizer, read_tokenizer_manifest
@@ -66,17 +67,29 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
                         f"{vocab_size}; re-run `megalang tokenizer train`")
     dtype = token_dtype(vocab_size)
     router = SplitRouter(cfg.val_sources, cfg.val_fraction)
+    scorer = cur.Scorer(cfg.curriculum) if cur.is_active(cfg.curriculum) else None
     with staging_dir(cfg.out, cfg.overwrite) as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, cfg.tokens_per_shard) for s in SPLITS}
+        staged = cur.CurriculumWriter(cfg.curriculum, tmp, dtype) if scorer else None
+
+        def add(split: str, ids: np.ndarray, score: float | None) -> None:
+            # With a curriculum the train documents wait in a scratch shard until every score is known.
+            if staged and split == "train":
+                staged.add(ids, score)
+            else:
+                writers[split].add(ids)
+
         pending = None  # held back one document, so the last one can still go to val (see below)
-        for doc_id, source, ids in encode_documents(cfg.input, tokenizer, eos, dtype, cfg.batch_docs):
+        for doc_id, source, n_chars, ids in encode_documents(cfg.input, tokenizer, eos, dtype, cfg.batch_docs):
             if pending is not None:
-                writers[pending[0]].add(pending[1])
-            pending = (router.split(doc_id, source), ids)
+                add(*pending)
+            pending = (router.split(doc_id, source), ids, scorer(doc_id, n_chars, ids) if scorer else None)
         if pending is not None:
             # A val split was asked for but the hash chose none (tiny corpus): the last document becomes val.
             asked_for_val = cfg.val_fraction > 0
-            writers["val" if asked_for_val and writers["val"].documents == 0 else pending[0]].add(pending[1])
+            add("val" if asked_for_val and writers["val"].documents == 0 else pending[0], *pending[1:])
+        extra = {"curriculum": staged.write(writers["train"])} if staged else {}
+        extra.update(cur.resolved_mixture(cfg.input))
         splits = {s: w.close() for s, w in writers.items()}
         check_splits(splits, cfg)
         tokenizer_dir = Path(cfg.tokenizer).resolve()
@@ -94,11 +107,12 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
             tokenizer_sha256=sha256_file(tokenizer_dir / MANIFEST),
             tokenizer_path=str(tokenizer_dir),
             splits=splits,
+            **extra,
         )
 
 
-def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs: int) -> Iterator[tuple[str, str, np.ndarray]]:
-    """(id, source, token ids + EOS) per document, in prepared order; batches go through the Rust encoder."""
+def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs: int) -> Iterator[tuple[str, str, int, np.ndarray]]:
+    """(id, source, characters, token ids + EOS) per document, in prepared order; batches go through the Rust encoder."""
     batch: list[dict] = []
     chars = 0
     for row in iter_prepared(root):
@@ -111,7 +125,7 @@ def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs
     yield from _encode_batch(batch, tokenizer, eos, dtype)
 
 
-def _encode_batch(batch: list[dict], tokenizer, eos: int, dtype: np.dtype) -> Iterator[tuple[str, str, np.ndarray]]:
+def _encode_batch(batch: list[dict], tokenizer, eos: int, dtype: np.dtype) -> Iterator[tuple[str, str, int, np.ndarray]]:
     if not batch:
         return
     encodings = tokenizer.encode_batch([row["text"] for row in batch], add_special_tokens=False)
@@ -119,7 +133,7 @@ def _encode_batch(batch: list[dict], tokenizer, eos: int, dtype: np.dtype) -> It
         ids = np.empty(len(enc.ids) + 1, dtype=dtype)
         ids[:-1] = enc.ids
         ids[-1] = eos
-        yield row["id"], row["source"], ids
+        yield row["id"], row["source"], len(row["text"]), ids
 
 
 def check_splits(splits: dict[str, dict], cfg: TokenizeConfig) -> None:

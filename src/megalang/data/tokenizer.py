@@ -226,7 +226,11 @@ def load_tokenizer(root: str | Path):
     path = root / "tokenizer.json"
     if not path.is_file():
         raise UserError(f"{root}: no tokenizer.json; pass the folder written by `megalang tokenizer train`")
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for malformed JSON or an unknown model
+        raise UserError(f"{path}: not a valid tokenizer.json ({e}); re-run `megalang tokenizer train` or restore "
+                        "the file") from None
     # Not stored in tokenizer.json: without it a literal "</s>" in a document would become the EOS id.
     tokenizer.encode_special_tokens = True
     return tokenizer

@@ -50,15 +50,18 @@ def build_model(
     special_ids: dict[str, Any],
     seed: int,
     device: str | torch.device = "cpu",
+    quantization: dict[str, Any] | None = None,
 ):
     """A LlamaForCausalLM in fp32 and train mode; `device="meta"` returns it unmaterialised.
 
     A meta model is what a parallelize pass shards before `materialize(model, device, seed)` fills it.
+    `quantization` (QLoRA: model/lora.py `quantization_config`) loads model.pretrained 4-bit, already on its GPU.
     """
     if model_cfg.pretrained:
         if str(device) == "meta":
             raise UserError("model.pretrained cannot be built on the meta device; its weights come from disk")
-        return load_pretrained(model_cfg, vocab_size, seq_len).to(device)
+        model = load_pretrained(model_cfg, vocab_size, seq_len, **(quantization or {}))
+        return model if quantization else model.to(device)  # a 4-bit model cannot be moved; device_map placed it
     from transformers import LlamaForCausalLM
 
     config = build_llama_config(model_cfg, vocab_size, seq_len, special_ids)
@@ -152,33 +155,43 @@ def _assign(param: torch.Tensor | None, full: torch.Tensor) -> None:
     param.copy_(full)
 
 
-def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int):
-    """`model.pretrained`: a Hugging Face folder (config.json + weights) or a .gguf file, loaded in fp32."""
+def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int, **load_kwargs: Any):
+    """`model.pretrained`: a Hugging Face folder (config.json + weights) or a .gguf file, loaded in fp32
+    (`load_kwargs`, e.g. a 4-bit quantization_config, go to from_pretrained)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(model_cfg.pretrained)
     if path.is_file() and path.suffix == ".gguf":
         folder, extra = path.parent, {"gguf_file": path.name}
     elif path.is_dir() and (path / "config.json").is_file():
-        folder, extra = path, {}
+        from megalang.safe_load import require_safetensors
+
+        require_safetensors(path, "model.pretrained")
+        folder, extra = path, {"use_safetensors": True}
     else:
         raise UserError(f"model.pretrained={path}: not a Hugging Face folder (config.json) or a .gguf file")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation="sdpa", attention_dropout=model_cfg.dropout, **extra
+            folder, dtype=torch.float32, attn_implementation="sdpa", attention_dropout=model_cfg.dropout, **extra,
+            **load_kwargs,
         )
     except (OSError, ValueError) as e:
         raise UserError(f"model.pretrained={path}: cannot load ({str(e).splitlines()[0]})") from None
     drop_gguf_marker(model)
-    if model.config.vocab_size < vocab_size:
+    check_pretrained_fits(model.config, path, vocab_size, seq_len)
+    return model.train()
+
+
+def check_pretrained_fits(config, path, vocab_size: int, seq_len: int) -> None:
+    """The pretrained model must embed every token id of the data and take train.seq_len positions."""
+    if config.vocab_size < vocab_size:
         raise UserError(
-            f"model.pretrained={path}: the model has {model.config.vocab_size} token ids but the shards use "
+            f"model.pretrained={path}: the model has {config.vocab_size} token ids but the shards use "
             f"{vocab_size}; tokenize data.shards with the model's tokenizer"
         )
-    max_pos = getattr(model.config, "max_position_embeddings", seq_len)
+    max_pos = getattr(config, "max_position_embeddings", seq_len)
     if max_pos < seq_len:
         raise UserError(f"train.seq_len={seq_len} exceeds model.pretrained's max_position_embeddings ({max_pos})")
-    return model.train()
 
 
 def drop_gguf_marker(model) -> None:

@@ -21,8 +21,9 @@ def is_run_dir(path: Path) -> bool:
     return (path / "checkpoints").is_dir() or (path / "config.yaml").is_file()
 
 
-def load_model_for_inference(path: str | Path, step: int | None = None) -> LoadedModel:
-    """A run folder (newest complete checkpoint, or `step`), a Hugging Face folder with config.json, or a .gguf file."""
+def load_model_for_inference(path: str | Path, step: int | None = None, field: str = "--model") -> LoadedModel:
+    """A run folder (newest complete checkpoint, or `step`), a Hugging Face folder with config.json (safetensors
+    weights only), or a .gguf file. `field` names the option in error messages."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
@@ -35,8 +36,11 @@ def load_model_for_inference(path: str | Path, step: int | None = None) -> Loade
     if path.is_dir() and (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from megalang.safe_load import require_safetensors
+
+        require_safetensors(path, field)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: cannot load as a Hugging Face model ({str(e).splitlines()[0]})") from None

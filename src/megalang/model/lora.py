@@ -30,6 +30,12 @@ def apply_lora(model, cfg: LoraConfig):
     from peft import get_peft_model
 
     check_lora_targets(model, cfg.targets)
+    if cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # Every non-4-bit weight (norms, embeddings, head) in fp32 for stable adapter training. Checkpointing
+        # stays the trainer's (non-reentrant, train.activation_checkpointing), which needs no input-grad hook.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.targets), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, peft_cfg)
@@ -50,15 +56,21 @@ def check_qlora(cfg: LoraConfig, device: torch.device) -> None:
         raise UserError("lora.qlora=true needs bitsandbytes; pip install 'megalang[qlora]'") from None
 
 
-def quantization_config(cfg: LoraConfig) -> dict[str, Any]:
-    """from_pretrained kwargs for a 4-bit NF4 base (QLoRA); empty without qlora."""
+def quantization_config(cfg: LoraConfig, device: torch.device | None = None) -> dict[str, Any]:
+    """from_pretrained kwargs for a 4-bit NF4 base (QLoRA); empty without qlora.
+
+    NF4 with double quantization (the QLoRA paper's choice: ~4.1 bits per weight), matmuls in bf16. bitsandbytes
+    quantizes while loading onto the GPU, so the base is placed by `device_map` and never exists there in fp32.
+    """
     if not cfg.qlora:
         return {}
     from transformers import BitsAndBytesConfig
 
+    device = device or torch.device("cuda", 0)
     return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                       bnb_4bit_compute_dtype=torch.bfloat16,
-                                                      bnb_4bit_use_double_quant=True)}
+                                                      bnb_4bit_use_double_quant=True),
+            "device_map": {"": device.index or 0}}
 
 
 def param_counts(model) -> tuple[int, int]:
@@ -70,10 +82,10 @@ def param_counts(model) -> tuple[int, int]:
 def load_lora_checkpoint(path: str | Path, cfg: RunConfig, merge: bool = True):
     """A LoRA run's checkpoint as a model: base from model.pretrained + the saved adapters; merged by default
     (a plain transformers model), else the peft model."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
     from megalang.model.build import load_pretrained
+    from megalang.safe_load import load_dcp
 
     if not cfg.model.pretrained or not Path(cfg.model.pretrained).exists():
         raise UserError(f"{path}: this LoRA run needs its base model.pretrained={cfg.model.pretrained}, which is "
@@ -81,7 +93,7 @@ def load_lora_checkpoint(path: str | Path, cfg: RunConfig, merge: bool = True):
     model = apply_lora(load_pretrained(cfg.model, 0, cfg.train.seq_len), cfg.lora)
     options = StateDictOptions(ignore_frozen_params=True, strict=False)
     state = {"model": get_model_state_dict(model, options=options)}
-    dcp.load(state, checkpoint_id=path)
+    load_dcp(state, path)  # never unpickles arbitrary objects
     set_model_state_dict(model, state["model"], options=options)
     model.eval()
     return model.merge_and_unload() if merge else model
@@ -94,9 +106,10 @@ def maybe_export_adapter(run: Path, out, step: int | None, overwrite: bool, toke
 
     from megalang.artifacts import describe_input, staging_dir, write_manifest
     from megalang.config import build_config
-    from megalang.train.checkpoint import RUN_CONFIG, find_checkpoint, read_run_config
+    from megalang.train.checkpoint import RUN_CONFIG, find_checkpoint, read_run_config, verify_checkpoint
 
     path = find_checkpoint(run, step)
+    verify_checkpoint(path)  # every file against COMPLETE.json before reading any
     cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
     if not cfg.lora.rank:
         return None

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from megalang.errors import naming
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -47,16 +49,18 @@ class MetricsSink:
         if not self.enabled:
             return record
         # allow_nan=False keeps the file strict JSON; _plain already turned NaN/inf into null.
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        with naming(self.path):  # a full disk is reported against this file
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
         for backend in self.backends:
             backend.write(record["step"], record)
         return record
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with naming(self.path):
+                file.close()
         for backend in self.backends:
             backend.close()
         self.backends = []

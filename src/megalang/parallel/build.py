@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from megalang.config import RunConfig
-from megalang.errors import UserError
 from megalang.model.build import build_model, materialize
 from megalang.parallel.mesh import ParallelDims
 from megalang.parallel.parallelize import parallelize
@@ -36,8 +35,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any], device: torch.device,
                          mesh, dims: ParallelDims, accum: int) -> ParallelModel:
     if cfg.model.pretrained:
-        raise UserError("model.pretrained is not supported with more than one process yet; train it on one "
-                        "process, or start from a preset")
+        return ParallelModel(build_pretrained_sharded(cfg, vocab_size, device, mesh, dims))
     meta = build_model(cfg.model, vocab_size, cfg.train.seq_len, special, cfg.seed, device="meta")
     if dims.pp == 1:
         parallelize(meta, mesh, cfg.train, cfg.parallel)
@@ -50,3 +48,16 @@ def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any
     schedule = build_schedule(part, stage, dims.pp, device, mesh["pp"].get_group(), accum, causal_lm_loss,
                               cfg.parallel.pp_schedule)
     return ParallelModel(part, schedule, first_stage=stage == 0, last_stage=stage == dims.pp - 1)
+
+
+def build_pretrained_sharded(cfg: RunConfig, vocab_size: int, device: torch.device, mesh, dims: ParallelDims):
+    """model.pretrained: meta model → FSDP2 → empty shards → pretrained weights broadcast from rank 0
+    (parallel/pretrained.py). No seed: every value comes from the checkpoint."""
+    from megalang.parallel.pretrained import build_meta_pretrained, check_pretrained_layout, load_pretrained_sharded
+
+    check_pretrained_layout(dims)
+    model = build_meta_pretrained(cfg, vocab_size)
+    parallelize(model, mesh, cfg.train, cfg.parallel)
+    materialize(model, device, seed=None)
+    load_pretrained_sharded(model, cfg, vocab_size, device)
+    return model

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megalang.parallel.elastic import restart_safe_store
+from megalang.parallel.timeouts import collective_timeout
+
 
 @dataclass
 class ProcessGroup:
@@ -25,7 +28,7 @@ class ProcessGroup:
             dist.destroy_process_group()
 
 
-def maybe_init_process_group(device_type: str) -> ProcessGroup:
+def maybe_init_process_group(device_type: str, timeout_s: float = 600) -> ProcessGroup:
     """Use the group that exists (Ray Train initialises it), else create one from torchrun's environment
     (RANK, WORLD_SIZE, MASTER_ADDR/PORT); a plain single process gets no group at all."""
     if dist.is_available() and dist.is_initialized():
@@ -35,7 +38,14 @@ def maybe_init_process_group(device_type: str) -> ProcessGroup:
         return ProcessGroup(0, 1, owned=False)
     # NCCL for CUDA tensors; gloo for CPU ones (the only CPU backend with every collective FSDP2/DCP use).
     backend = "cuda:nccl,cpu:gloo" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    # The timeout turns a stalled rank into an error on the others (parallel.timeout_s, parallel/timeouts.py).
+    timeout = collective_timeout(timeout_s)
+    store = restart_safe_store(timeout)  # None outside torchrun; a fresh key namespace per torchrun restart
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                world_size=world)
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), owned=True)
 
 

@@ -94,7 +94,7 @@ def build_torch_trainer(cfg: RunConfig, run_dir: Path, use_gpu: bool):
     return TorchTrainer(
         worker_loop,
         train_loop_config={"run_config": cfg.model_dump(mode="json"), "kill": kill_request(run_dir)},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=int(cfg.parallel.timeout_s)),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RayRunConfig(
             name=RAY_RUN_NAME,

@@ -34,9 +34,19 @@ from torch.distributed.checkpoint.state_dict import (
 from megalang.artifacts import fsync_dir, read_json, write_json_atomic
 from megalang.errors import UserError
 from megalang.parallel.distributed import barrier
+from megalang.safe_load import load_dcp
+from megalang.train.checkpoint_integrity import (
+    COMPLETE,
+    corrupt_error,
+    describe_checkpoint_files,
+    file_problems,
+    hash_files,
+    read_complete,
+    verify_files,
+)
+from megalang.train.faults import maybe_fault
 
 CHECKPOINTS = "checkpoints"
-COMPLETE = "COMPLETE.json"
 TRAINER_STATE = "trainer_state.json"  # step, tokens, scheduler, loader, RNG, loss scaler
 RUN_CONFIG = "run_config.json"  # the resolved RunConfig plus derived values (global batch, tokenizer hash)
 MODEL_CONFIG = "model_config.json"  # the transformers config, so the model rebuilds without the recipe
@@ -171,6 +181,7 @@ def save_checkpoint(
     root = checkpoints_dir(run_dir)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
     if _rank() == 0:
+        _retire_newer(root, step)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -179,9 +190,13 @@ def save_checkpoint(
     if _rank() == 0:
         _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
 
+    writer = _SyncedWriter(tmp, step)
+
     def finalize() -> Path:
+        digests = _gather_digests(writer.digests)  # every rank calls finalize (after the save, or in finish())
         if _rank() == 0:
-            _mark_complete(tmp, final, step, tokens_seen)
+            maybe_fault("after_shards", step)
+            _mark_complete(tmp, final, step, tokens_seen, digests)
             apply_retention(run_dir, keep)
         return final
 
@@ -189,16 +204,58 @@ def save_checkpoint(
         if async_save:
             stager = _background_stager()
             response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
-                                      process_group=_async_group(), async_stager=stager)
+                                      storage_writer=writer, process_group=_async_group(),
+                                      async_stager=stager)
             pending = PendingSave(response, finalize)
             pending.future.add_done_callback(lambda _: stager.close())
             return pending
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
     # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
     # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.
     final = finalize()
     barrier()
     return final
+
+
+class _SyncedWriter(dcp.FileSystemWriter):
+    """DCP's file writer with `sync_files=True` spelled out (its default today): every tensor file and the
+    `.metadata` are fsynced before DCP reports them written, which COMPLETE.json then vouches for. DCP renames
+    `.metadata` into place without syncing the folder; writing COMPLETE.json syncs it (write_json_atomic).
+
+    Each rank also hashes the files it wrote, right after writing them: the hashing is spread over all ranks
+    (rank 0 alone would read the whole checkpoint back on every save), and with async_save it runs in DCP's
+    background thread instead of stalling the training loop when the save is finalized."""
+
+    def __init__(self, path: Path, step: int):
+        super().__init__(path, sync_files=True)
+        self.step = step
+        self.digests: dict[str, str] = {}
+
+    def write_data(self, plan, planner):
+        future = super().write_data(plan, planner)  # the files are written (and synced) when this returns
+        names = sorted({result.storage_data.relative_path for result in future.value()})
+        self.digests = hash_files(Path(self.path), names)
+        return future
+
+    def finish(self, metadata, results) -> None:
+        # DCP calls finish on the coordinator (rank 0) once every rank has reported its files written.
+        maybe_fault("before_metadata", self.step)
+        super().finish(metadata, results)
+
+
+def _gather_digests(digests: dict[str, str]) -> dict[str, str]:
+    """Every rank's {file: SHA-256} merged (the files of different ranks have different names)."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return {name: digest for part in _all_ranks(digests, world) for name, digest in part.items()}
+
+
+def _retire_newer(root: Path, step: int) -> None:
+    """Remove complete checkpoints newer than the one about to be written. They exist only when the run was
+    sent back to an older step (checkpoint.resume_step, e.g. past a corrupt checkpoint): that future was
+    abandoned, and left in place the newest of them would be what the next automatic resume picks."""
+    for newer, path in complete_checkpoints(root.parent):
+        if newer > step:
+            _remove_checkpoint(path)
 
 
 def _write_trainer_files(tmp: Path, step: int, model, scheduler, loader, tokens_seen: int,
@@ -218,21 +275,29 @@ def _write_trainer_files(tmp: Path, step: int, model, scheduler, loader, tokens_
     write_json_atomic(tmp / MODEL_CONFIG, model.config.to_dict())
 
 
-def _mark_complete(tmp: Path, final: Path, step: int, tokens_seen: int) -> None:
+def _mark_complete(tmp: Path, final: Path, step: int, tokens_seen: int, digests: dict[str, str]) -> None:
+    """COMPLETE.json (every file's size and SHA-256: the tensor files' from the ranks that wrote them, the
+    rest hashed here; all ranks' files are on disk by now), then the rename that makes the checkpoint
+    discoverable, then the parent fsync that makes the rename durable."""
     root = tmp.parent
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(tmp / COMPLETE, {"step": step, "tokens_seen": tokens_seen, "time": now, "files": files})
+    write_json_atomic(tmp / COMPLETE, {"step": step, "tokens_seen": tokens_seen, "time": now,
+                                       **describe_checkpoint_files(tmp, digests)})
+    maybe_fault("before_rename", step)
     if final.exists():  # an older save of the same step that a resume is about to replace
         _remove_checkpoint(final)
     os.replace(tmp, final)
     fsync_dir(root)
 
 
-def _remove_checkpoint(path: Path) -> None:
-    # COMPLETE.json goes first: a deletion cut short must not leave a folder that looks complete.
+def _remove_checkpoint(path: Path, fault_step: int | None = None) -> None:
+    # COMPLETE.json goes first (and is synced gone): a deletion cut short must not leave a folder that looks
+    # complete. DCP's .metadata next, so not even DCP itself would read what is left.
     (path / COMPLETE).unlink(missing_ok=True)
     fsync_dir(path)
+    (path / ".metadata").unlink(missing_ok=True)
+    if fault_step is not None:
+        maybe_fault("during_retention", fault_step)
     shutil.rmtree(path)
 
 
@@ -240,7 +305,7 @@ def apply_retention(run_dir: str | os.PathLike, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints; remove older ones and older incomplete leftovers."""
     complete = complete_checkpoints(run_dir)
     for _step, path in complete[:-keep]:
-        _remove_checkpoint(path)
+        _remove_checkpoint(path, fault_step=complete[-1][0])
     if complete:
         newest = complete[-1][0]
         for path in checkpoints_dir(run_dir).iterdir():
@@ -268,7 +333,47 @@ def _options(model) -> StateDictOptions | None:
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's saved config, checked against COMPLETE.json first: a flipped byte must read as a
+    corrupt checkpoint, not as a config change (this file decides whether a resume is allowed)."""
+    verify_files(Path(path), [RUN_CONFIG])
     return read_json(Path(path) / RUN_CONFIG, "checkpoint config")
+
+
+_VERIFIED: set[tuple] = set()
+
+
+def _verified_key(path: Path) -> tuple:
+    """The folder and every file's (name, size, mtime): a file rewritten or truncated since the last check
+    is checked again; stat calls cost nothing next to hashing."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return (str(path.resolve()), tuple(files))
+
+
+def _all_ranks(value: Any, world: int) -> list[Any]:
+    """`value` from every rank (a list of one without a process group)."""
+    if world == 1:
+        return [value]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Every file of a complete checkpoint against COMPLETE.json, before any of it is read (UserError naming
+    the first bad file). With several ranks each hashes its share of the files and all agree on the outcome,
+    so every rank stops, or none does. Once per process and checkpoint: a resume checks it while choosing it
+    (before touching the run folder) and does not re-read terabytes when loading it a moment later."""
+    path = Path(path)
+    key = _verified_key(path)
+    rank, world = (_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    if all(_all_ranks(key in _VERIFIED, world)):  # skipped only if every rank skips: no rank waits alone
+        return
+    record = read_complete(path)
+    problems = file_problems(path, record, sorted(record["files"])[rank::world])
+    problems = [line for part in _all_ranks(problems, world) for line in part]
+    if problems:
+        raise corrupt_error(path, problems)
+    _VERIFIED.add(key)
 
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader) -> dict[str, Any]:
@@ -277,11 +382,12 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE})")
+    verify_checkpoint(path)
     # get_state_dict gives tensors of the right shapes (sharded, later) for DCP to load into.
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": model_sd, "optim": optim_sd}
     with _quiet_dcp():
-        dcp.load(state, checkpoint_id=path)
+        load_dcp(state, path)  # never unpickles arbitrary objects
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(model))
     trainer_state = read_json(path / TRAINER_STATE, "trainer state")
@@ -291,18 +397,38 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
     return trainer_state
 
 
-def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Path:
-    """The newest complete checkpoint, or the one of `step`; UserError naming what exists otherwise."""
+def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None, field: str = "--step") -> Path:
+    """The newest complete checkpoint, or exactly the one of `step`; UserError naming what exists otherwise
+    (`field` is the option or config key the step came from)."""
     complete = complete_checkpoints(run_dir)
+    if step is not None:
+        for s, path in complete:
+            if s == step:
+                return path
+        steps = ", ".join(str(s) for s, _ in complete) or "none"
+        raise UserError(f"{field}={step}: {run_dir} has no complete checkpoint for step {step}; complete steps: "
+                        f"{steps}; {_why_missing(run_dir, step)}")
     if not complete:
         raise UserError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/; train first (or wait for one)")
-    if step is None:
-        return complete[-1][1]
-    for s, path in complete:
-        if s == step:
-            return path
-    steps = ", ".join(str(s) for s, _ in complete)
-    raise UserError(f"{run_dir}: no complete checkpoint for step {step}; complete steps: {steps}")
+    return complete[-1][1]
+
+
+def _why_missing(run_dir: str | os.PathLike, step: int) -> str:
+    root = checkpoints_dir(run_dir)
+    if (root / f"step-{step}.tmp").exists():
+        return f"{CHECKPOINTS}/step-{step}.tmp is a save that never finished; pick a complete step"
+    if (root / f"step-{step}").exists():
+        return f"{CHECKPOINTS}/step-{step} has no {COMPLETE} (its save or removal was cut short); pick a complete step"
+    return f"there is no {CHECKPOINTS}/step-{step}; pick a complete step"
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, step: int | None) -> Path | None:
+    """Where a run continues, verified: exactly `step` when one is requested (checkpoint.resume_step; missing
+    or incomplete is an error, never a silent fresh start), else the newest complete checkpoint (None: fresh)."""
+    path = latest_complete(run_dir) if step is None else find_checkpoint(run_dir, step, field="checkpoint.resume_step")
+    if path is not None:
+        verify_checkpoint(path)
+    return path
 
 
 def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
@@ -313,6 +439,7 @@ def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
     from megalang.model.build import materialize
 
     path = find_checkpoint(run_dir, step)
+    verify_checkpoint(path)  # also the LoRA branch's adapters (load_lora_checkpoint reads them unchecked)
     cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
     if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
         from megalang.model.lora import load_lora_checkpoint
@@ -326,6 +453,6 @@ def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
     materialize(model, "cpu", seed=None)
     state = {"model": get_model_state_dict(model)}
     with _quiet_dcp():
-        dcp.load(state, checkpoint_id=path)
+        load_dcp(state, path)  # never unpickles arbitrary objects
     set_model_state_dict(model, state["model"])
     return model.eval(), cfg

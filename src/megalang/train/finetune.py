@@ -8,10 +8,12 @@ function and what goes into metrics and summary.json.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from megalang.artifacts import MANIFEST, read_json, sha256_file
@@ -57,6 +59,9 @@ def prepare_data(cfg: RunConfig) -> dict[str, Any]:
     content) and `data.shards` then points there, so the resolved config names the exact shards."""
     if cfg.data.sft and cfg.data.shards:
         raise UserError("give either data.sft (a JSONL file) or data.shards (a shard folder), not both")
+    if (cfg.data.sft_val or cfg.data.sft_val_fraction) and not cfg.data.sft:
+        raise UserError("data.sft_val and data.sft_val_fraction split data.sft; for data.shards, tokenize a val split "
+                        "with `megalang data tokenize --format sft --set val_input=FILE`")
     if cfg.data.sft:
         cfg.data.shards = str(tokenize_sft_for_run(cfg))
     if not cfg.data.shards:
@@ -70,16 +75,28 @@ def tokenize_sft_for_run(cfg: RunConfig) -> Path:
 
     if not cfg.model.pretrained:
         raise UserError("data.sft needs model.pretrained=PATH: its tokenizer and chat template render the chats")
-    if not Path(cfg.data.sft).is_file():
-        raise UserError(f"data.sft={cfg.data.sft}: no such file")
+    for field_name, value in (("data.sft", cfg.data.sft), ("data.sft_val", cfg.data.sft_val)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{field_name}={value}: no such file")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would tokenize into the same RUN/sft-data at once; one tokenized folder serves them all.
+        raise UserError("data.sft is tokenized by a single process; run `megalang data tokenize --format sft` first "
+                        "and pass data.shards=FOLDER to a multi-process run")
     out = Path(cfg.run.dir) / SFT_DATA_DIR
-    if (out / MANIFEST).is_file():
-        done = read_json(out / MANIFEST, "SFT data manifest")
-        same_input = done.get("inputs") and done["inputs"][0].get("sha256") == sha256_file(cfg.data.sft)
-        if same_input and done["config"].get("model") == cfg.model.pretrained:
-            return out  # a resumed run: the same file, already tokenized
-    tokenize_sft(SftTokenizeConfig(input=cfg.data.sft, model=cfg.model.pretrained, out=str(out), overwrite=True))
+    wanted = SftTokenizeConfig(input=cfg.data.sft, model=cfg.model.pretrained, out=str(out), overwrite=True,
+                               val_input=cfg.data.sft_val, val_fraction=cfg.data.sft_val_fraction)
+    if (out / MANIFEST).is_file() and already_tokenized(read_json(out / MANIFEST, "SFT data manifest"), wanted):
+        return out  # a resumed run: the same files and settings, already tokenized
+    tokenize_sft(wanted)
     return out
+
+
+def already_tokenized(done: dict[str, Any], wanted: SftTokenizeConfig) -> bool:
+    """The folder holds exactly these input files (by SHA-256), tokenized with the same settings."""
+    files = [wanted.input] + ([wanted.val_input] if wanted.val_input else [])
+    hashes = [i.get("sha256") for i in done.get("inputs") or []]
+    same_settings = all(done["config"].get(k) == v for k, v in wanted.model_dump().items() if k != "overwrite")
+    return same_settings and hashes == [sha256_file(f) for f in files]
 
 
 def is_sft(manifest: dict[str, Any]) -> bool:
@@ -110,6 +127,13 @@ def check_finetune(cfg: RunConfig, device: torch.device, world: int, accum: int)
         raise UserError("LoRA, DP and distillation run on one process for now; launch without torchrun")
     if cfg.lora.rank and not cfg.model.pretrained:
         raise UserError("lora.rank > 0 needs model.pretrained=PATH: adapters train on top of a pretrained model")
+
+
+def quantization(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained kwargs that load the frozen base 4-bit for QLoRA (lora.qlora); {} otherwise."""
+    from megalang.model.lora import quantization_config
+
+    return quantization_config(cfg.lora, device) if cfg.lora.rank else {}
 
 
 def wrap_model(model, cfg: RunConfig):
@@ -145,3 +169,67 @@ def is_active(cfg: RunConfig, manifest: dict[str, Any]) -> bool:
     """Whether the run needs any of this module (a plain pretraining run keeps the trainer's own loss)."""
     return bool(is_sft(manifest) or cfg.lora.rank or cfg.privacy.target_epsilon is not None
                 or cfg.train.objective != "ce" or cfg.model.pretrained)
+
+
+# --- held-out loss ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SftVal:
+    """The val split of an SFT shard folder as rows built exactly like training rows (same packing, truncation
+    and assistant-only labels), so val_loss and the training loss measure the same thing."""
+
+    rows: list
+    seq_len: int
+    micro_batch: int
+    pad_id: int
+
+    def batches(self, rank: int, world: int, limit: int):
+        """This rank's micro-batches, the same count on every rank: a sharded model's forward is a collective,
+        so a rank out of rows runs empty rows (all labels ignored) instead of stopping early."""
+        from megalang.data.sft import Row, collate_row
+
+        per_step = self.micro_batch * world
+        steps = min(limit, -(-len(self.rows) // per_step))
+        for step in range(steps):
+            first = step * per_step + rank * self.micro_batch
+            rows = [self.rows[i] if i < len(self.rows) else Row() for i in range(first, first + self.micro_batch)]
+            cols = zip(*(collate_row(r, self.seq_len, self.pad_id) for r in rows))
+            input_ids, labels, positions = (torch.from_numpy(np.stack(c)) for c in cols)
+            yield {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def open_val(cfg: RunConfig, manifest: dict[str, Any]) -> SftVal | None:
+    """The SFT val rows, or None (no val_loss) when the folder has no val split."""
+    from megalang.data.sft import build_rows, read_sft_examples
+
+    if not manifest["splits"].get("val", {}).get("documents"):
+        return None
+    examples = read_sft_examples(cfg.data.shards, manifest, "val")
+    rows, _stats = build_rows(examples, cfg.train.seq_len, cfg.data.packing, cfg.data.overlong, cfg.seed)
+    pad_id = next(v for v in (manifest.get("pad_id"), manifest.get("eos_id"), 0) if v is not None)
+    return SftVal(rows, cfg.train.seq_len, cfg.train.micro_batch_size, pad_id) if rows else None
+
+
+@torch.no_grad()
+def evaluate_sft_loss(t) -> float:
+    """Token-mean CE over the val split's assistant tokens: each data rank scores its rows, then the sums and
+    counts are added over the world (tensor-parallel ranks of one replica add equal shares, which divides out)."""
+    import torch.nn.functional as F
+
+    from megalang.parallel.distributed import world_mean
+    from megalang.train.objectives import IGNORE, model_inputs
+
+    t.model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=t.device)  # (CE sum, target tokens)
+    for batch in t.val_split.batches(t.loader.rank, t.loader.world, t.cfg.train.eval_batches):
+        kwargs, labels = model_inputs({k: v.to(t.device) for k, v in batch.items()})
+        with t.autocast():
+            logits = t.model(**kwargs).logits
+        total[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                    reduction="sum")
+        total[1] += (labels != IGNORE).sum()
+    t.model.train()
+    if t.dims is not None:
+        total = world_mean(total, 1)
+    return (total[0] / total[1]).item()

@@ -73,7 +73,7 @@ def load_teacher(cfg: DistillConfig, device: torch.device):
 
     if not cfg.teacher:
         raise UserError("train.objective=distill needs distill.teacher=PATH (a Hugging Face folder, .gguf or run)")
-    loaded = load_model_for_inference(Path(cfg.teacher))
+    loaded = load_model_for_inference(Path(cfg.teacher), field="distill.teacher")
     teacher = loaded.model.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from megalang.artifacts import MANIFEST, describe_input, fsync_dir, sha256_file, write_json_atomic, write_manifest
 from megalang.config import RunConfig
 from megalang.data.loader import SampleLoader, eval_batches, num_windows
+from megalang.data.integrity import verify_shards
 from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.evaluate.during_training import maybe_run_evals
@@ -45,16 +46,18 @@ from megalang.parallel.distributed import (
 )
 from megalang.parallel.mesh import ParallelDims, build_mesh, data_rank, resolve_dims
 from megalang.parallel.parallelize import parallelize
+from megalang.parallel.timeouts import explain_collective_timeouts
 from megalang.train.checkpoint import (
     complete_checkpoints,
-    latest_complete,
     load_checkpoint,
     read_run_config,
     remove_stale_tmp,
+    resume_checkpoint,
     save_checkpoint,
 )
 from megalang.train.optim import build_optimizer, build_scheduler
-from megalang.train import finetune
+from megalang.train.health import HealthGuard, build_health_guard, maybe_skip_step
+from megalang.train import compat, faults, finetune
 
 SUMMARY = "summary.json"
 CONFIG_FILE = "config.yaml"
@@ -126,6 +129,7 @@ class Trainer:
     pending_save: Any = None  # an async checkpoint still being written (checkpoint.async_save)
     monitor: RunMonitor = field(default_factory=disabled_monitor)  # backends, telemetry, thermal guard (#8)
     finetune: finetune.FineTune | None = None  # loss function, DP accountant, SFT counts (train/finetune.py, #6)
+    health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
 
     @property
     def tokens_per_step(self) -> int:
@@ -142,6 +146,7 @@ class Trainer:
 # --- the entry point --------------------------------------------------------------------------------
 
 
+@explain_collective_timeouts  # a stalled rank: one line naming the rank and parallel.timeout_s, not a hang
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train (or resume) the run in `cfg.run.dir`; return the summary also written to summary.json."""
     started = time.perf_counter()
@@ -163,12 +168,13 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 
 def train_step(t: Trainer, report: LineReporter) -> None:
-    """One optimizer step and what follows it; host syncs happen only in `log` and `maybe_eval`."""
+    """One optimizer step and what follows it; host syncs happen only in `log`, `maybe_eval` and (unless
+    train.nonfinite=off and no spike guard) the health check before the update."""
     step = t.step + 1
     logging = step == 1 or step % t.cfg.train.log_every == 0 or step == t.cfg.train.max_steps
     loss = forward_backward(t)
     lr = t.optimizer.param_groups[0]["lr"]
-    grad_norm = optimizer_step(t, need_norm=logging)
+    grad_norm = optimizer_step(t, need_norm=logging, loss=loss)
     t.step, t.tokens_seen = step, t.tokens_seen + t.tokens_per_step
     t.clock.steps += 1
     t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
@@ -199,7 +205,8 @@ def forward_backward(t: Trainer) -> torch.Tensor:
     if t.schedule is not None:
         return forward_backward_pipelined(t)
     total = torch.zeros((), device=t.device)
-    for _ in range(t.accum):
+    for micro in range(t.accum):
+        faults.maybe_step_fault(t.step + 1, micro, t.group.rank)  # crash tests only (train/faults.py)
         batch = next_batch(t)
         with t.autocast():
             if t.finetune is not None:  # the run's objective: masked SFT CE, distillation (train/objectives.py)
@@ -219,6 +226,7 @@ def forward_backward(t: Trainer) -> torch.Tensor:
 def forward_backward_pipelined(t: Trainer) -> torch.Tensor:
     """The `accum` micro-batches go through the pipeline schedule as its microbatches (same samples, same
     order as one process accumulating them). Only the last stage sees losses; other stages return 0."""
+    faults.maybe_step_fault(t.step + 1, 0, t.group.rank)  # crash tests only: the schedule runs all micro-batches
     batches = [next_batch(t) for _ in range(t.accum)]
     input_ids, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     losses: list[torch.Tensor] = []
@@ -230,14 +238,14 @@ def forward_backward_pipelined(t: Trainer) -> torch.Tensor:
     return torch.stack([loss.detach() for loss in losses]).mean()
 
 
-def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
+def optimizer_step(t: Trainer, need_norm: bool, loss: torch.Tensor | None = None) -> torch.Tensor | None:
     """Clip, step, advance the schedule. Returns the pre-clip grad norm (a tensor; computed when clipping
-    or when the step is logged)."""
+    or when the step is logged). A step the health guard rejects (NaN/Inf, loss spike) skips the update."""
     if t.scaler:
         t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
     params = [p for p in t.model.parameters() if p.grad is not None]
     norm = None
-    if t.cfg.train.grad_clip > 0 or need_norm:
+    if t.cfg.train.grad_clip > 0 or need_norm or t.health.active:
         # One norm over every shard and stage; clipping then scales the local gradients by the same factor.
         pp_group = t.mesh["pp"].get_group() if t.schedule is not None else None
         norm = total_grad_norm(params, pp_group)
@@ -245,6 +253,8 @@ def optimizer_step(t: Trainer, need_norm: bool) -> torch.Tensor | None:
             torch.nn.utils.clip_grads_with_norm_(params, t.cfg.train.grad_clip, norm, foreach=True)
     if need_norm:
         t.state_bytes = state_bytes(t.model, t.optimizer)  # gradients still held: measured before zero_grad
+    if maybe_skip_step(t, loss, norm):  # agreed over all ranks; may raise NumericalError (train/health.py)
+        return norm
     if t.pending_save is not None:
         t.pending_save.wait_staged()  # an async checkpoint's host copy must be taken before weights change
     if t.scaler:
@@ -273,6 +283,8 @@ def evaluate_loss(t: Trainer) -> float:
     """Token-mean cross-entropy over the fixed val windows: each data rank scores its share, then the sums
     and counts are added over the world (tensor-parallel ranks count their replica's share once each, which
     divides out)."""
+    if isinstance(t.val_split, finetune.SftVal):  # assistant tokens only, rows as in training
+        return finetune.evaluate_sft_loss(t)
     t.model.eval()
     batches = eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size,
                            t.cfg.train.eval_batches, t.loader.rank, t.loader.world)
@@ -333,6 +345,7 @@ def log(
     if t.state_bytes is not None:
         values["state_bytes"] = world_max(t.state_bytes)
     values.update(t.monitor.sample())
+    values.update(t.health.metrics())  # skipped_steps, spike_skipped_steps
     if t.finetune is not None:
         values.update(t.finetune.metrics())  # DP: epsilon spent so far
     if val_loss is not None:
@@ -351,7 +364,8 @@ def maybe_save(t: Trainer) -> None:
     result = save_checkpoint(
         t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
         tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
-        extra={"scaler": t.scaler.state_dict()} if t.scaler else None, async_save=t.cfg.checkpoint.async_save,
+        extra={"health": t.health.state_dict(), **({"scaler": t.scaler.state_dict()} if t.scaler else {})},
+        async_save=t.cfg.checkpoint.async_save,
     )
     t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
@@ -374,7 +388,7 @@ def setup(cfg: RunConfig) -> Trainer:
     if not cfg.model.pretrained:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
     device = pick_device(cfg)
-    group = maybe_init_process_group(device.type)
+    group = maybe_init_process_group(device.type, cfg.parallel.timeout_s)
     try:
         return build_trainer(cfg, manifest, device, group)
     except BaseException:
@@ -391,18 +405,19 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
     run_config = resolved_run_config(cfg, manifest, group.world, accum, dims)
     run_dir = Path(cfg.run.dir)
     resume_from = find_resume(cfg, run_dir, run_config)
+    verify_shards(cfg.data.shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
     mesh = build_mesh(dims, device.type) if dims else None
     dp_rank = data_rank(mesh, dims)[0] if dims else 0
     loader = finetune.build_loader(cfg, manifest, dp_rank, dp_world) or SampleLoader(
         open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
-        dp_rank, dp_world)
+        dp_rank, dp_world, curriculum=manifest.get("curriculum") if cfg.data.curriculum else None)
     if group.rank == 0:
         prepare_run_dir(cfg, run_dir, manifest)
     barrier()  # the run folder exists (and is clean) before any rank touches it
     seed_everything(cfg.seed)
     if dims is None:
         model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed,
-                            device)
+                            device, quantization=finetune.quantization(cfg, device))  # QLoRA: a 4-bit base
         parallelize(model, None, cfg.train)
         model = finetune.wrap_model(model, cfg)  # LoRA adapters (lora.rank > 0)
         built = None
@@ -423,7 +438,7 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
-        group=group, dims=dims, mesh=mesh, finetune=ft,
+        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train),
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
@@ -436,6 +451,8 @@ def resume(t: Trainer, path: Path) -> None:
     state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader)
     if t.scaler and "scaler" in state:
         t.scaler.load_state_dict(state["scaler"])
+    t.health.load_state_dict(state.get("health"))  # the same skip decisions as an uninterrupted run
+    compat.record_resume(t, path, read_run_config(path))  # benign changes: re-applied, printed, RUN/resumes.jsonl
     t.step, t.tokens_seen, t.resumed_from = state["step"], state["tokens_seen"], state["step"]
 
 
@@ -501,13 +518,14 @@ def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, ac
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
             "tokenizer_path": manifest.get("tokenizer_path"),
             "shards": str(Path(cfg.data.shards).resolve()),
+            "shards_content_sha256": compat.shards_fingerprint(manifest),  # a moved copy of the same tokens resumes
         },
     }
 
 
 def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Path | None:
     """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue."""
-    latest = latest_complete(run_dir)
+    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step)  # newest complete, or exactly resume_step
     if latest is None:
         return None
     if cfg.checkpoint.resume == "never":
@@ -519,24 +537,15 @@ def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Pa
 
 
 def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """A checkpoint continues only with the same architecture, sequence length, global batch and tokenizer."""
-    checks = [
-        ("model", saved["config"]["model"], current["config"]["model"]),
-        ("train.seq_len", saved["config"]["train"]["seq_len"], current["config"]["train"]["seq_len"]),
-        ("train.global_batch_tokens", saved["derived"]["global_batch_tokens"], current["derived"]["global_batch_tokens"]),
-        ("tokenizer (tokenizer_sha256 of data.shards)", saved["derived"]["tokenizer_sha256"],
-         current["derived"]["tokenizer_sha256"]),
-    ]
-    for name, old, new in checks:
-        if old != new:
-            raise UserError(
-                f"{name} changed since checkpoint {path} ({old} → {new}); restore it to resume, or train into a "
-                "new run.dir"
-            )
+    """Refuse a change the checkpoint cannot continue with, naming the key; the explicit lists of refused and
+    benign keys are in train/compat.py (benign changes are logged by `resume`)."""
+    compat.check_resume_compatible(path, saved, current)
 
 
 def open_val_split(cfg: RunConfig, manifest: dict[str, Any]) -> TokenSplit | None:
     """The val split, or None (val loss skipped) when the shards hold no window of it."""
+    if finetune.is_sft(manifest):
+        return finetune.open_val(cfg, manifest)  # SFT: rows and assistant-only labels as in training
     if not manifest["splits"].get("val", {}).get("files"):
         return None
     split = open_split(cfg.data.shards, "val", manifest)
@@ -639,5 +648,6 @@ def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
         "device": str(t.device),
         "resumed_from_step": t.resumed_from,
         "run_dir": str(t.run_dir.resolve()),
+        **t.health.summary(),  # skipped_steps, spike_skipped_steps, skipped_at
         **(t.finetune.summary() if t.finetune is not None else {}),  # trainable fraction, SFT counts, DP epsilon
     }
