@@ -122,13 +122,10 @@ def load_model_tokenizer(model_path: str | Path):
     """The tokenizer (with its chat template) of a Hugging Face folder or a .gguf file."""
     from transformers import AutoTokenizer
 
+    from megalang.model.build import pretrained_source
+
     path = Path(model_path)
-    if path.is_file() and path.suffix == ".gguf":
-        folder, extra = path.parent, {"gguf_file": path.name}
-    elif path.is_dir():
-        folder, extra = path, {}
-    else:
-        raise UserError(f"model.pretrained={path}: not a Hugging Face folder or a .gguf file")
+    folder, extra = pretrained_source(path)
     try:
         return AutoTokenizer.from_pretrained(folder, **extra)
     except (OSError, ValueError, KeyError) as e:

@@ -155,21 +155,28 @@ def _assign(param: torch.Tensor | None, full: torch.Tensor) -> None:
     param.copy_(full)
 
 
+def pretrained_source(path: Path) -> tuple[Path, dict[str, str]]:
+    """(folder, from_pretrained keyword arguments) for `model.pretrained`: a .gguf file is read from its folder
+    with `gguf_file`; a Hugging Face folder must hold config.json."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, {"gguf_file": path.name}
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, {}
+    raise UserError(f"model.pretrained={path}: not a Hugging Face folder (config.json) or a .gguf file")
+
+
 def load_pretrained(model_cfg: ModelConfig, vocab_size: int, seq_len: int, **load_kwargs: Any):
     """`model.pretrained`: a Hugging Face folder (config.json + weights) or a .gguf file, loaded in fp32
     (`load_kwargs`, e.g. a 4-bit quantization_config, go to from_pretrained)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(model_cfg.pretrained)
-    if path.is_file() and path.suffix == ".gguf":
-        folder, extra = path.parent, {"gguf_file": path.name}
-    elif path.is_dir() and (path / "config.json").is_file():
+    folder, extra = pretrained_source(path)
+    if "gguf_file" not in extra:
         from megalang.safe_load import require_safetensors
 
         require_safetensors(path, "model.pretrained")
-        folder, extra = path, {"use_safetensors": True}
-    else:
-        raise UserError(f"model.pretrained={path}: not a Hugging Face folder (config.json) or a .gguf file")
+        extra["use_safetensors"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="sdpa", attention_dropout=model_cfg.dropout, **extra,

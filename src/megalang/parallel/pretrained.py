@@ -28,13 +28,10 @@ def pretrained_config(path_str: str):
     """The model's transformers config (a Hugging Face folder's config.json, or read from a .gguf header)."""
     from transformers import AutoConfig
 
+    from megalang.model.build import pretrained_source
+
     path = Path(path_str)
-    if path.is_file() and path.suffix == ".gguf":
-        folder, extra = path.parent, {"gguf_file": path.name}
-    elif path.is_dir() and (path / "config.json").is_file():
-        folder, extra = path, {}
-    else:
-        raise UserError(f"model.pretrained={path}: not a Hugging Face folder (config.json) or a .gguf file")
+    folder, extra = pretrained_source(path)
     try:
         return AutoConfig.from_pretrained(folder, **extra)
     except (OSError, ValueError, KeyError) as e:

@@ -130,7 +130,8 @@ class PendingSave:
     """An async checkpoint in flight: its tensors are being written by DCP's background thread; `finish()`
     waits for them, then marks it complete. Until then the previous checkpoint stays the newest one."""
 
-    def __init__(self, response, finalize):
+    def __init__(self, response, finalize, folder: Path):
+        self.folder = folder  # the step-N.tmp/ being written, named if the write fails
         # DCP returns an AsyncSaveResponse when staging itself runs in the background, else a plain future.
         self.staged = getattr(response, "staging_completion", None)
         self.future = getattr(response, "upload_completion", response)
@@ -145,8 +146,31 @@ class PendingSave:
 
     def finish(self) -> Path:
         self.wait_staged()
-        self.future.result()
+        with environment_failures(self.folder):
+            self.future.result()
         return self.finalize()
+
+
+@contextlib.contextmanager
+def environment_failures(folder: Path):
+    """A full disk or read-only folder while DCP writes reaches us wrapped in a CheckpointException; report it
+    as the one-line UserError it is (the half-written `step-N.tmp/` is never discoverable). Anything else is a
+    bug and keeps its traceback."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from megalang.errors import from_os_error
+
+    try:
+        yield
+    except CheckpointException as e:
+        for rank, (exc, _trace) in sorted(e.failures.items()):
+            cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError) and cause.filename is None:  # a failed write names no file
+                cause = OSError(cause.errno, cause.strerror, str(folder))
+            user = from_os_error(cause) if isinstance(cause, OSError) else None
+            if user is not None:
+                raise UserError(f"checkpoint save (rank {rank}): {user}") from None
+        raise
 
 
 def _background_stager():
@@ -206,10 +230,11 @@ def save_checkpoint(
             response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
                                       storage_writer=writer, process_group=_async_group(),
                                       async_stager=stager)
-            pending = PendingSave(response, finalize)
+            pending = PendingSave(response, finalize, tmp)
             pending.future.add_done_callback(lambda _: stager.close())
             return pending
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
+        with environment_failures(tmp):
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
     # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
     # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.
     final = finalize()
