@@ -88,3 +88,18 @@ def test_ddp_async_save_checkpoints_complete_and_resume(dist_shards, single_run,
     run = copy_until(tmp_path / "run", tmp_path / "resumed", 4)
     assert train_here(dist_shards, run, "checkpoint.async_save=true")["resumed_from_step"] == 4
     assert_losses_match(metrics(run), metrics(single_run), range(5, STEPS + 1))
+
+
+def test_pipeline_checkpoint_resumes_with_pipeline_and_on_one_process(dist_shards, single_run, tmp_path):
+    """Two stages hold different parameters in their optimizer's param group 0: the checkpoint keys them by
+    parameter name (flattened), so neither stage overwrites the other's and both layouts resume. One val
+    micro-batch is fewer than the pipeline's group of 2: it is rounded up to a group, not divided by zero."""
+    launch_train(2, dist_shards, tmp_path / "run", "parallel.pp=2", "parallel.pp_schedule=1f1b",
+                 "train.eval_batches=1")
+    assert metrics(tmp_path / "run")[STEPS]["val_loss"] > 0
+    for name, resume in (("pp", lambda run: launch_train(2, dist_shards, run, "parallel.pp=2")),
+                         ("one", lambda run: train_here(dist_shards, run))):
+        run = copy_until(tmp_path / "run", tmp_path / name, 4)
+        resume(run)
+        assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
+        assert_losses_match(metrics(run), metrics(single_run), range(5, STEPS + 1))

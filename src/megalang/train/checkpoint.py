@@ -349,12 +349,15 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> None:
 # --- load -------------------------------------------------------------------------------------------
 
 
-def _options(model) -> StateDictOptions | None:
-    """Frozen parameters (a LoRA run's base) are not saved: they come back from model.pretrained, and leaving
+def _options(model) -> StateDictOptions:
+    """Optimizer state is keyed by parameter name (flattened), not by param-group index: pipeline stages each
+    have a group 0 holding different parameters, and index keys made one stage's overwrite the other's.
+
+    Frozen parameters (a LoRA run's base) are not saved: they come back from model.pretrained, and leaving
     them out keeps a 135M-parameter base from being rewritten with every checkpoint."""
     if all(p.requires_grad for p in model.parameters()):
-        return None
-    return StateDictOptions(ignore_frozen_params=True, strict=False)
+        return StateDictOptions(flatten_optimizer_state_dict=True)
+    return StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:

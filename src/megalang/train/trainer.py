@@ -279,15 +279,17 @@ def maybe_eval(t: Trainer) -> float | None:
 
 
 @torch.no_grad()
-def evaluate_loss(t: Trainer) -> float:
+def evaluate_loss(t: Trainer) -> float | None:
     """Token-mean cross-entropy over the fixed val windows: each data rank scores its share, then the sums
     and counts are added over the world (tensor-parallel ranks count their replica's share once each, which
     divides out)."""
     if isinstance(t.val_split, finetune.SftVal):  # assistant tokens only, rows as in training
         return finetune.evaluate_sft_loss(t)
     t.model.eval()
-    batches = eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size,
-                           t.cfg.train.eval_batches, t.loader.rank, t.loader.world)
+    # A pipeline scores val batches in groups of `accum` micro-batches: ask for at least one group.
+    wanted = t.cfg.train.eval_batches if t.schedule is None else max(t.cfg.train.eval_batches, t.accum)
+    batches = eval_batches(t.val_split, t.cfg.train.seq_len, t.cfg.train.micro_batch_size, wanted,
+                           t.loader.rank, t.loader.world)
     if t.schedule is not None:
         total, count = evaluate_pipelined(t, batches)
     else:
@@ -302,7 +304,7 @@ def evaluate_loss(t: Trainer) -> float:
     if t.dims is not None:
         pair = world_mean(torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=t.device)]), 1)
         total, count = pair[0], pair[1].item()
-    return total.item() / count
+    return total.item() / count if count else None  # too few val windows for one pipeline group: no val loss
 
 
 def evaluate_pipelined(t: Trainer, batches) -> tuple[torch.Tensor, int]:
