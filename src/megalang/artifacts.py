@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from megalang.errors import UserError
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
+HASH_THREADS = min(8, os.cpu_count() or 1)  # enough to keep a local NVMe or a network filesystem busy
 _LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors", "numpy", "pyarrow")
 
 
@@ -31,6 +33,15 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, in order, on a thread pool: hashlib releases the GIL on large buffers, so threads
+    read and hash several files at disk speed rather than one core's."""
+    if len(paths) <= 1:
+        return [sha256_file(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), HASH_THREADS)) as pool:
+        return list(pool.map(sha256_file, paths))
 
 
 def sha256_text(text: str) -> str:
@@ -134,13 +145,17 @@ def describe_input(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path), "kind": "raw", "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def hash_files(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict[str, Any]]:
-    files = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in exclude:
-            files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-    return files
+def hash_files(root: Path, exclude: tuple[str, ...] = (MANIFEST,),
+               known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """{relative path: size and SHA-256} of every file under `root`. `known` ({relative path: size and
+    SHA-256} recorded by whoever wrote the file, such as a checkpoint's COMPLETE.json) is taken as it is when
+    the size still matches, so a run's final manifest does not re-read checkpoints hashed when saved."""
+    known = known or {}
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    sizes = {rel: size for rel, size in sizes.items() if rel not in exclude}
+    todo = [rel for rel, size in sizes.items() if known.get(rel, {}).get("size") != size]
+    digests = dict(zip(todo, sha256_files([root / rel for rel in todo])))
+    return {rel: {"size": size, "sha256": digests.get(rel) or known[rel]["sha256"]} for rel, size in sizes.items()}
 
 
 def write_manifest(
@@ -149,9 +164,11 @@ def write_manifest(
     config: dict[str, Any],
     inputs: list[dict[str, Any]],
     counts: dict[str, Any],
+    known_files: dict[str, dict[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Hash every file under `root` and write `root/manifest.json` (the last file an artifact gets)."""
+    """Hash every file under `root` (`known_files`: hashes recorded when they were written, see hash_files) and
+    write `root/manifest.json` (the last file an artifact gets)."""
     root = Path(root)
     manifest = {
         "stage": stage,
@@ -162,7 +179,7 @@ def write_manifest(
         "counts": counts,
         **extra,
         "libraries": library_versions(),
-        "files": hash_files(root),
+        "files": hash_files(root, known=known_files),
     }
     write_json_atomic(root / MANIFEST, manifest)
     return manifest
@@ -201,17 +218,20 @@ def verify(root: str | os.PathLike) -> list[str]:
     if not (root / MANIFEST).is_file() and (root / "checkpoints").is_dir():
         return _checkpoint_problems(root, {})  # a run still training (or killed): its checkpoints can be checked
     manifest = read_manifest(root)
-    problems, verified = [], {}
+    problems, verified, todo = [], {}, []
     for rel, info in manifest["files"].items():
         p = root / rel
         if not p.is_file():
             problems.append(f"{p}: missing")
         elif p.stat().st_size != info["size"]:
             problems.append(f"{p}: size {p.stat().st_size} != {info['size']} in manifest")
-        elif sha256_file(p) != info["sha256"]:
+        else:
+            todo.append((p, info["sha256"]))
+    for (p, expected), actual in zip(todo, sha256_files([p for p, _ in todo])):
+        if actual != expected:
             problems.append(f"{p}: SHA-256 mismatch")
         else:
-            verified[str(p)] = info["sha256"]
+            verified[str(p)] = expected
     if (root / "checkpoints").is_dir():
         problems += _checkpoint_problems(root, verified)
     for inp in manifest.get("inputs", []):

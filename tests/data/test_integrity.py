@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from megalang.artifacts import sha256_file
 from megalang.cli import app
+from megalang import artifacts
 from megalang.data import integrity
 from megalang.data.shards import read_shard_manifest
 from megalang.errors import UserError
@@ -38,7 +39,7 @@ def hash_calls(monkeypatch) -> list[Path]:
         calls.append(Path(path))
         return sha256_file(path)
 
-    monkeypatch.setattr(integrity, "sha256_file", counting)
+    monkeypatch.setattr(artifacts, "sha256_file", counting)  # under sha256_files's thread pool
     return calls
 
 

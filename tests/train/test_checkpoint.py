@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,15 +220,40 @@ def test_dcp_files_are_written_with_fsync(tmp_path, monkeypatch):
 def test_each_file_is_hashed_once_per_save(tmp_path, monkeypatch):
     """The tensor files are hashed by the rank that wrote them, inside DCP's write (the background thread
     with async_save), and not read back a second time when COMPLETE.json is written."""
-    from megalang.train import checkpoint_integrity
+    from megalang import artifacts
 
     hashed = []
-    real = checkpoint_integrity.sha256_file
+    real = artifacts.sha256_file
 
     def counting(path):
         hashed.append(os.path.basename(path))
         return real(path)
 
-    monkeypatch.setattr(checkpoint_integrity, "sha256_file", counting)
+    monkeypatch.setattr(artifacts, "sha256_file", counting)
     path = save(tmp_path, 2, *trained(steps=1))
     assert sorted(hashed) == sorted(p.name for p in path.iterdir() if p.name != "COMPLETE.json")
+
+
+def test_run_manifest_takes_checkpoint_hashes_from_complete_json(tmp_path, monkeypatch):
+    """The run's final manifest does not read checkpoints back (they were hashed when saved), records the
+    hashes COMPLETE.json vouches for, and so `verify` still catches a byte flipped after the save."""
+    from megalang import artifacts
+    from megalang.train.checkpoint_integrity import recorded_files
+
+    model, opt, sched = trained(steps=1)
+    path = save(tmp_path, 2, model, opt, sched)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    hashed = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    manifest = artifacts.write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
+    assert sorted(hashed) == [path / "COMPLETE.json", tmp_path / "metrics.jsonl"]  # COMPLETE.json is not in itself
+    monkeypatch.undo()
+    ckpt_files = {rel: info for rel, info in manifest["files"].items() if rel.startswith("checkpoints/")}
+    assert ckpt_files and all(info["sha256"] == sha256_file(tmp_path / rel) for rel, info in ckpt_files.items())
+    victim = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    artifacts.write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
+    assert any(victim.name in problem for problem in artifacts.verify(tmp_path))

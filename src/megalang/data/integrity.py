@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
-from megalang.artifacts import MANIFEST, artifact_file, sha256_file, write_json_atomic
+from megalang.artifacts import MANIFEST, artifact_file, sha256_files, write_json_atomic
 from megalang.errors import UserError
 
 CACHE_FILE = "shard-sha256.json"
-HASH_THREADS = min(8, os.cpu_count() or 1)  # enough to keep a local NVMe or a network filesystem busy
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,8 @@ def check_files(root: Path, files: list[Expected], cache: dict[str, dict[str, An
             entries[key] = hit
         else:
             todo.append((f, key, st))
-    with ThreadPoolExecutor(max_workers=max(1, min(HASH_THREADS, len(todo)))) as pool:
-        for (f, key, st), digest in zip(todo, pool.map(lambda item: sha256_file(item[0].path), todo)):
-            entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    for (f, key, st), digest in zip(todo, sha256_files([f.path for f, _, _ in todo])):
+        entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     for f in files:
         actual = entries.get(str(f.path.resolve()), {}).get("sha256")
         if actual is not None and actual != f.sha256:

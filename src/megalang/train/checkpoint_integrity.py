@@ -1,31 +1,25 @@
 """What a complete checkpoint holds on disk, and the check that it still holds exactly that.
 
-COMPLETE.json lists every file of `step-N/` with its size and SHA-256 (rank 0 hashes them once all ranks'
-files are on disk). Loading re-hashes against that list before reading a byte of state, so a flipped bit
+COMPLETE.json lists every file of `step-N/` with its size and SHA-256 (each rank hashes the files it wrote;
+rank 0 gathers them). Loading re-hashes against that list before reading a byte of state, so a flipped bit
 or a truncated shard stops the run with the file's name instead of training on garbage. Checkpoints
 written before hashes were recorded still get their sizes checked. Imports no torch: artifacts.verify uses it.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from megalang.artifacts import read_json, sha256_file
+from megalang.artifacts import read_json, sha256_files
 from megalang.errors import UserError
 
 COMPLETE = "COMPLETE.json"
 
 
 def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
-    """SHA-256 of each named file, in parallel: hashlib releases the GIL on large buffers, so threads hash
-    several shard files at disk speed instead of one core's speed."""
-    if not names:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(names), (os.cpu_count() or 1) + 4)) as pool:
-        return dict(zip(names, pool.map(lambda name: sha256_file(folder / name), names)))
+    """{name: SHA-256} of the named files of `folder`, hashed in parallel (artifacts.sha256_files)."""
+    return dict(zip(names, sha256_files([folder / name for name in names])))
 
 
 def describe_checkpoint_files(folder: Path, known: dict[str, str] | None = None) -> dict[str, Any]:
@@ -81,6 +75,19 @@ def verify_files(folder: Path, names: list[str] | None = None) -> None:
     problems = file_problems(folder, record, names)
     if problems:
         raise corrupt_error(folder, problems)
+
+
+def recorded_files(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """{path relative to the run folder: size and SHA-256} of every complete checkpoint's files as its
+    COMPLETE.json records them: the run's manifest takes these instead of reading the checkpoints back."""
+    from megalang.train.checkpoint import complete_checkpoints
+
+    known = {}
+    for _step, folder in complete_checkpoints(run_dir):
+        record = read_complete(folder)
+        for name, digest in (record.get("sha256") or {}).items():
+            known[(folder / name).relative_to(run_dir).as_posix()] = {"size": record["files"][name], "sha256": digest}
+    return known
 
 
 def run_checkpoint_problems(run_dir: Path, known: dict[str, str] | None = None) -> list[str]:

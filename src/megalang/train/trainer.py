@@ -55,6 +55,7 @@ from megalang.train.checkpoint import (
     resume_checkpoint,
     save_checkpoint,
 )
+from megalang.train.checkpoint_integrity import recorded_files
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.health import HealthGuard, build_health_guard, maybe_skip_step
 from megalang.train import compat, faults, finetune
@@ -534,14 +535,8 @@ def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Pa
         raise UserError(
             f"{run_dir} already has checkpoints but checkpoint.resume=never; choose another run.dir or remove it"
         )
-    check_resume_compatible(latest, read_run_config(latest), run_config)
+    compat.check_resume_compatible(latest, read_run_config(latest), run_config)  # refused keys, named
     return latest
-
-
-def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse a change the checkpoint cannot continue with, naming the key; the explicit lists of refused and
-    benign keys are in train/compat.py (benign changes are logged by `resume`)."""
-    compat.check_resume_compatible(path, saved, current)
 
 
 def open_val_split(cfg: RunConfig, manifest: dict[str, Any]) -> TokenSplit | None:
@@ -609,6 +604,7 @@ def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
         inputs=[describe_input(t.cfg.data.shards), describe_input(t.run_config["derived"]["tokenizer_path"])],
         counts={"steps": t.step, "tokens_seen": t.tokens_seen, "params": summary["total_params"],
                 "checkpoints": len(complete_checkpoints(t.run_dir))},
+        known_files=recorded_files(t.run_dir),  # checkpoints were hashed when saved: not read back here
     )
     maybe_write_report(t.cfg.metrics, t.run_dir)  # after the manifest: a view on the run, not part of it
     return summary
