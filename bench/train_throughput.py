@@ -6,7 +6,13 @@ and step the same AdamW (β 0.9/0.95, ε 1e-8, decay on matrices) with the same 
 grad clip 1.0. Tokens/s is the steady state: the first `WARMUP` steps (allocation, caches) are excluded.
 Equal work is checked by the loss of each trained model on the same held-out batches.
 
-Usage: python bench/train_throughput.py [--steps 30] [--preset tiny] [--precisions fp32,bf16]
+With `--repeats N` the three run in turn N times (megalang, bare, HF, megalang, ...) and each one's median
+tokens/s is reported, so a slow spell of a shared machine does not land on one contender only.
+`--no-fused-loss` trains megalang with `train.fused_loss=false` (the logits + cross-entropy path the peers use),
+to measure what the chunked loss contributes.
+
+Usage: python bench/train_throughput.py [--steps 30] [--repeats 1] [--preset tiny] [--precisions fp32,bf16]
+                                        [--no-fused-loss]
 Prints one JSON line.
 """
 
@@ -21,6 +27,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +50,7 @@ def build_shards(root: Path) -> Path:
     return shards
 
 
-def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: int):
+def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: int, fused_loss: bool = True):
     from megalang.config import RunConfig
 
     return RunConfig.model_validate({
@@ -51,7 +58,7 @@ def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: 
         "data": {"shards": str(shards)},
         "train": {"max_steps": steps, "seq_len": 256, "micro_batch_size": 16, "precision": precision,
                   "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 10, "log_every": WARMUP, "eval_every": 0,
-                  "eval_batches": 1},
+                  "eval_batches": 1, "fused_loss": fused_loss},
         "checkpoint": {"every": 0},
         "run": {"dir": str(run_dir)},
         "seed": 1234,
@@ -166,37 +173,44 @@ def run_hf_trainer(cfg, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--no-fused-loss", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from megalang.monitor.flops import measure_cpu_peak_flops
 
     result: dict = {"bench": "train_throughput", "preset": args.preset, "steps": args.steps, "seq_len": 256,
-                    "micro_batch": 16, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                    "torch_threads": torch.get_num_threads()}
+                    "micro_batch": 16, "repeats": args.repeats, "fused_loss": not args.no_fused_loss,
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shards = build_shards(root)
         for precision in args.precisions.split(","):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            cfg = run_config(shards, root / f"run-{precision}", args.preset, precision, args.steps)
-            ours = run_megalang(cfg)
-            bare = run_bare_loop(cfg)
-            hf = run_hf_trainer(cfg, root / f"hf-{precision}")
-            losses = [ours["held_out_loss"], bare["held_out_loss"], hf["held_out_loss"]]
+            runs: dict[str, list[dict]] = {"megalang": [], "bare_loop": [], "hf_trainer": []}
+            for repeat in range(args.repeats):
+                cfg = run_config(shards, root / f"run-{precision}-{repeat}", args.preset, precision, args.steps,
+                                 fused_loss=not args.no_fused_loss)
+                runs["megalang"].append(run_megalang(cfg))
+                runs["bare_loop"].append(run_bare_loop(cfg))
+                runs["hf_trainer"].append(run_hf_trainer(cfg, root / f"hf-{precision}-{repeat}"))
+            rate = {name: median([r["tokens_per_s"] for r in rs]) for name, rs in runs.items()}
+            losses = {name: rs[0]["held_out_loss"] for name, rs in runs.items()}
+            spread = max(losses.values()) - min(losses.values())
             result[precision] = {
-                "megalang_tokens_per_s": round(ours["tokens_per_s"], 1),
-                "hf_trainer_tokens_per_s": round(hf["tokens_per_s"], 1),
-                "bare_loop_tokens_per_s": round(bare["tokens_per_s"], 1),
-                "ratio_vs_hf_trainer": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3),
-                "ratio_vs_bare_loop": round(ours["tokens_per_s"] / bare["tokens_per_s"], 3),
-                "megalang_mfu": round(ours["mfu"], 4) if ours["mfu"] else None,
+                "megalang_tokens_per_s": round(rate["megalang"], 1),
+                "hf_trainer_tokens_per_s": round(rate["hf_trainer"], 1),
+                "bare_loop_tokens_per_s": round(rate["bare_loop"], 1),
+                "ratio_vs_hf_trainer": round(rate["megalang"] / rate["hf_trainer"], 3),
+                "ratio_vs_bare_loop": round(rate["megalang"] / rate["bare_loop"], 3),
+                "runs_tokens_per_s": {name: [round(r["tokens_per_s"]) for r in rs] for name, rs in runs.items()},
+                "megalang_mfu": round(median([r["mfu"] for r in runs["megalang"]]), 4) if runs["megalang"][0]["mfu"] else None,
                 "matmul_peak_flops": measure_cpu_peak_flops(dtype),
-                "held_out_loss": {"megalang": round(losses[0], 4), "hf_trainer": round(losses[2], 4),
-                                  "bare_loop": round(losses[1], 4)},
-                "losses_agree": max(losses) - min(losses) <= (1e-3 if precision == "fp32" else 2e-2) * math.fabs(min(losses)),
+                "held_out_loss": {name: round(loss, 4) for name, loss in losses.items()},
+                "losses_agree": spread <= (1e-3 if precision == "fp32" else 2e-2) * math.fabs(min(losses.values())),
             }
     print(json.dumps(result))
 

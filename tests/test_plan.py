@@ -41,7 +41,7 @@ def test_7b_shape_and_flops_match_hand_counts():
 
 
 def test_7b_fsdp_on_8_h100_without_activation_checkpointing():
-    m = plan(seven_b())["memory"]
+    m = plan(seven_b(fused_loss=False))["memory"]  # the plain logits + cross-entropy head
     assert m["parameters"] == 4 * N / 8 and m["gradients"] == 4 * N / 8 and m["optimizer"] == 8 * N / 8
     assert m["buffers"] == 8 * BLOCK  # two bf16 blocks gathered (2·2 bytes) + one fp32 block gradient (4 bytes)
     per_layer = (8 * 4096 + 4 * 11008 + 2 * 4096 + 32 + 2) * 2048 * 2  # 348,266,496 bytes, bf16
@@ -52,8 +52,19 @@ def test_7b_fsdp_on_8_h100_without_activation_checkpointing():
     assert m["total"] == 16 * N / 8 + 8 * BLOCK + 12_374_507_520 == 27_470_405_632
 
 
+def test_7b_chunked_loss_keeps_one_chunk_of_logits_and_the_head_gradients():
+    plain = plan(seven_b(fused_loss=False))["memory"]["activations"]
+    fused = plan(seven_b())["memory"]["activations"]
+    # GPU chunk: 2^26 logits / 32000 = 2097 rows ≥ the 2048 tokens, so one chunk: fp32 buffer + bf16 logits and
+    # gradient (4 + 2·2 bytes per logit); kept for backward: the fp32 head-weight gradient and the bf16 hidden one.
+    head = 2048 * 32000 * 8 + 32000 * 4096 * 4 + 2048 * 4096 * 2 + 3 * 4096 * 2048 * 2
+    assert fused - plain == head - (32000 * 2048 * 18 + 3 * 4096 * 2048 * 2) == -114_294_784
+    # Tensor parallel shards the vocabulary and takes the plain loss, as the trainer does.
+    assert plan(seven_b(tp=2))["memory"]["activations"] == plan(seven_b(tp=2, fused_loss=False))["memory"]["activations"]
+
+
 def test_7b_fsdp_on_8_h100_with_activation_checkpointing():
-    r = plan(seven_b(activation_checkpointing=True))
+    r = plan(seven_b(activation_checkpointing=True, fused_loss=False))
     m = r["memory"]
     assert m["activations"] == 32 * 4096 * 2048 * 2 + 32000 * 2048 * 18 + 3 * 4096 * 2048 * 2 == 1_766_850_560
     # Now the optimizer step is the peak: weights, AdamW state, gradients and one fp32 shard-sized temporary.
@@ -79,7 +90,7 @@ def test_ddp_and_zero_stages_shard_what_they_should():
 
 
 def test_tensor_and_pipeline_parallel_divide_weights_and_activations():
-    base = seven_b(sharding="ddp", global_batch_tokens=2048 * 8)
+    base = seven_b(sharding="ddp", global_batch_tokens=2048 * 8, fused_loss=False)  # TP and PP take the plain loss
     tp = seven_b(sharding="ddp", tp=2, global_batch_tokens=2048 * 4)
     pp = seven_b(sharding="ddp", pp=2, global_batch_tokens=2048 * 4)
     m0, mt, mp = (memory_per_gpu(resolve_shape(c), c) for c in (base, tp, pp))

@@ -215,6 +215,9 @@ class TrainSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     compile: bool = Field(False, description="torch.compile each block")
+    fused_loss: bool = Field(
+        True, description="output layer and cross-entropy in token chunks: the full logits tensor never exists"
+    )
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
     activation_checkpointing_every: int = Field(
         1, ge=1, description="with activation_checkpointing: recompute every k-th block only (1 = all blocks)"
@@ -433,6 +436,7 @@ class PlanConfig(Section):
     tp: int = Field(1, ge=1, description="tensor-parallel degree (with sequence parallelism)")
     pp: int = Field(1, ge=1, description="pipeline stages (1F1B schedule)")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward (keeps its input only)")
+    fused_loss: bool = Field(True, description="train.fused_loss: output layer + loss in token chunks (no full logits)")
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision (master weights fp32)")
     mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for time estimates")
     deadline_days: float | None = Field(None, gt=0, description="wall-clock budget; the verdict checks it")

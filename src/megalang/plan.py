@@ -17,6 +17,7 @@ from megalang.config import PlanConfig
 from megalang.errors import UserError
 from megalang.model.presets import PRESETS, count_params, layer_params
 from megalang.monitor.flops import flops_per_token
+from megalang.train.loss import chunk_rows
 
 GIB = 1 << 30
 SECONDS_PER_DAY = 86_400
@@ -160,10 +161,7 @@ def memory_per_gpu(shape: dict[str, Any], cfg: PlanConfig, sharding: str | None 
     in_flight = min(cfg.pp, accum) if cfg.pp > 1 else 1  # 1F1B: stage 0 holds pp micro-batches at once
     block = per_token["block"] * tokens * act_bytes / cfg.tp  # sequence parallelism splits every block tensor
     kept = per_token["block_input"] * tokens * act_bytes / cfg.tp if ac else block
-    # The head (last stage): logits in the compute dtype, an fp32 upcast when that differs, fp32 log-probs,
-    # then two fp32 gradients of the same width at the start of backward.
-    vocab = per_token["vocab"] * tokens / cfg.tp
-    head = vocab * (act_bytes + (4 if act_bytes != 4 else 0) + 4 + 8) + per_token["final"] * tokens * act_bytes / cfg.tp
+    head = head_bytes(per_token, tokens, act_bytes, shape["hidden_size"], cfg)
     first_stage = in_flight * layers * kept
     last_stage = layers * kept + head
     activations = max(first_stage, last_stage)
@@ -179,6 +177,23 @@ def memory_per_gpu(shape: dict[str, Any], cfg: PlanConfig, sharding: str | None 
         "parameters": params, "gradients": grads, "optimizer": optim, "activations": activations,
         "buffers": buffers, "total": moments[peak_moment], "peak_at": peak_moment,
     }
+
+
+def head_bytes(per_token: dict[str, float], tokens: int, act_bytes: int, hidden: int, cfg: PlanConfig) -> float:
+    """Activation bytes of the output layer and loss at their peak (last stage).
+
+    Plain loss (also what tensor and pipeline parallel use): logits in the compute dtype, an fp32 upcast when
+    that differs, fp32 log-probs, then two fp32 gradients of the same width at the start of backward.
+    Chunked loss (train/loss.py): one chunk's fp32 logits buffer, its compute-dtype logits and gradient when
+    that is not fp32, and the gradients it keeps until backward: the hidden states' and the head weight's (fp32).
+    """
+    final = per_token["final"] * tokens * act_bytes / cfg.tp
+    vocab = per_token["vocab"]
+    if not cfg.fused_loss or cfg.tp > 1 or cfg.pp > 1:
+        return vocab * tokens / cfg.tp * (act_bytes + (4 if act_bytes != 4 else 0) + 4 + 8) + final
+    rows = min(tokens, chunk_rows(int(vocab), "cpu" if cfg.gpu == "cpu" else "cuda"))
+    chunk = rows * vocab * (4 + (2 * act_bytes if act_bytes != 4 else 0))
+    return chunk + vocab * hidden * 4 + tokens * hidden * act_bytes + final
 
 
 def local_params(shape: dict[str, Any], tp: int, pp: int) -> float:

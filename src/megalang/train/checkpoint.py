@@ -173,14 +173,32 @@ def environment_failures(folder: Path):
         raise
 
 
+_STAGER: Any = None
+
+
 def _background_stager():
     """Stage (copy the state to host memory) in a background thread: the save call returns at once and
-    only the optimizer step has to wait for the copy (pinned memory and non-blocking copies on CUDA)."""
+    only the optimizer step has to wait for the copy (pinned memory and non-blocking copies on CUDA).
+
+    One stager per process, kept across saves: it caches a host buffer per tensor storage (weakly keyed, so a
+    freed model's buffers go with it), and later saves copy into those buffers instead of allocating and
+    faulting in the whole state again. A save must finish before the next one starts (the trainer does)."""
+    global _STAGER
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-    cuda = torch.cuda.is_available()
-    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=True,
-                                        use_non_blocking_copy=cuda))
+    if _STAGER is None:
+        cuda = torch.cuda.is_available()
+        _STAGER = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                               use_async_staging=True, use_non_blocking_copy=cuda))
+    return _STAGER
+
+
+def release_staging() -> None:
+    """Drop the host copies async saves keep between saves (the end of a run)."""
+    global _STAGER
+    if _STAGER is not None:
+        _STAGER.close()
+        _STAGER = None
 
 
 def save_checkpoint(
@@ -226,13 +244,10 @@ def save_checkpoint(
 
     with _quiet_dcp():
         if async_save:
-            stager = _background_stager()
             response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
                                       storage_writer=writer, process_group=_async_group(),
-                                      async_stager=stager)
-            pending = PendingSave(response, finalize, tmp)
-            pending.future.add_done_callback(lambda _: stager.close())
-            return pending
+                                      async_stager=_background_stager())
+            return PendingSave(response, finalize, tmp)
         with environment_failures(tmp):
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
     # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it

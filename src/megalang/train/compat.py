@@ -46,7 +46,7 @@ REFUSED = {
 BENIGN = (
     "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.progress",
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.beta1", "train.beta2",
-    "train.eps", "train.grad_clip", "train.precision", "train.device", "train.compile",
+    "train.eps", "train.grad_clip", "train.precision", "train.device", "train.compile", "train.fused_loss",
     "train.activation_checkpointing", "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
     "train.nonfinite", "train.max_skipped_steps", "train.spike_zscore", "train.spike_window",
     "checkpoint", "parallel", "run", "metrics", "evals", "launcher", "workers", "ray",

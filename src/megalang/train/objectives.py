@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from megalang.config import DistillConfig
 from megalang.errors import UserError
+from megalang.train.loss import lm_loss
 
 IGNORE = -100
 
@@ -35,6 +36,12 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def next_token_loss(model, batch) -> torch.Tensor:
     kwargs, labels = model_inputs(batch)
     return cross_entropy(model(**kwargs).logits, labels)
+
+
+def fused_next_token_loss(model, batch) -> torch.Tensor:
+    """`next_token_loss` with the output layer and loss computed in token chunks (train/loss.py)."""
+    kwargs, labels = model_inputs(batch)
+    return lm_loss(model, labels, **kwargs)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -95,7 +102,7 @@ def check_same_vocabulary(teacher_tokenizer, student_vocab: dict[str, int] | Non
 def build_objective(cfg, manifest: dict[str, Any], device: torch.device):
     """The loss function the trainer calls per micro-batch."""
     if cfg.train.objective == "ce":
-        return next_token_loss
+        return fused_next_token_loss if cfg.train.fused_loss else next_token_loss
     teacher, tokenizer = load_teacher(cfg.distill, device)
     check_same_vocabulary(tokenizer, student_vocabulary(manifest), manifest["vocab_size"], cfg.distill.teacher)
     return DistillObjective(teacher, cfg.distill, device)

@@ -51,6 +51,7 @@ from megalang.train.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
     read_run_config,
+    release_staging,
     remove_stale_tmp,
     resume_checkpoint,
     save_checkpoint,
@@ -58,6 +59,7 @@ from megalang.train.checkpoint import (
 from megalang.train.checkpoint_integrity import recorded_files
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.health import HealthGuard, build_health_guard, maybe_skip_step
+from megalang.train.loss import lm_loss
 from megalang.train import compat, faults, finetune
 
 SUMMARY = "summary.json"
@@ -212,12 +214,13 @@ def forward_backward(t: Trainer) -> torch.Tensor:
         with t.autocast():
             if t.finetune is not None:  # the run's objective: masked SFT CE, distillation (train/objectives.py)
                 loss = t.finetune.objective(t.model, batch)
+            elif t.cfg.train.fused_loss:  # output layer + loss in token chunks, no full logits (train/loss.py)
+                input_ids, labels = batch
+                loss = lm_loss(t.model, labels, input_ids=input_ids)
             else:
                 input_ids, labels = batch
-                logits = t.model(input_ids=input_ids).logits
-        if t.finetune is None:
-            # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
-            loss = causal_lm_loss(logits, labels)
+                # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
+                loss = causal_lm_loss(t.model(input_ids=input_ids).logits, labels)
         scaled = loss / t.accum  # every micro-batch has the same token count, so this is the token mean
         (t.scaler.scale(scaled) if t.scaler else scaled).backward()
         total += loss.detach()
@@ -593,6 +596,7 @@ def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
 def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """summary.json, then manifest.json (the last file: it hashes everything else)."""
     finish_pending_save(t)
+    release_staging()
     barrier()  # every rank's last checkpoint shards are on disk before rank 0 hashes the folder
     summary = build_summary(t, wall_seconds)
     if t.group.rank != 0:

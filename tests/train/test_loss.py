@@ -1,0 +1,103 @@
+"""Chunked linear + cross-entropy (train/loss.py) against the plain logits + F.cross_entropy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from megalang.train.loss import IGNORE, fusable, linear_cross_entropy, lm_loss
+
+
+def reference(hidden, weight, labels):
+    return F.cross_entropy((hidden @ weight.T).float(), labels, ignore_index=IGNORE)
+
+
+def grads_of(fn, hidden, weight, labels):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fn(h, w, labels)
+    (loss * 3.0).backward()  # a non-unit upstream gradient must scale both results
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("rows", [7, 16, 64, 1000])  # uneven last chunk, exact chunks, one chunk bigger than N
+def test_fp32_matches_plain_cross_entropy(rows):
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(50, 24, generator=g), torch.randn(97, 24, generator=g)
+    labels = torch.randint(0, 97, (50,), generator=g)
+    labels[[0, 13, 49]] = IGNORE
+    ours = grads_of(lambda h, w, y: linear_cross_entropy(h, w, y, rows=rows), hidden, weight, labels)
+    ref = grads_of(reference, hidden, weight, labels)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_all_labels_ignored_gives_zero_loss_and_zero_gradients():
+    hidden, weight = torch.randn(8, 16), torch.randn(32, 16)
+    labels = torch.full((8,), IGNORE)
+    loss, grad_h, grad_w = grads_of(lambda h, w, y: linear_cross_entropy(h, w, y, rows=3), hidden, weight, labels)
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(grad_h) == 0 and torch.count_nonzero(grad_w) == 0
+
+
+def test_no_grad_returns_the_loss_only():
+    hidden, weight, labels = torch.randn(10, 8), torch.randn(20, 8), torch.randint(0, 20, (10,))
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, labels, rows=4)
+    torch.testing.assert_close(loss, reference(hidden, weight, labels))
+
+
+def test_bf16_autocast_is_as_close_as_bf16_allows():
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(64, 32, generator=g), torch.randn(200, 32, generator=g) * 0.1
+    labels = torch.randint(0, 200, (64,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = grads_of(lambda h, w, y: linear_cross_entropy(h, w, y, rows=16), hidden, weight, labels)
+    ref = grads_of(reference, hidden, weight, labels)  # fp32
+    assert ours[1].dtype == torch.float32 and ours[2].dtype == torch.float32  # gradients in the inputs' dtype
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-2, atol=1e-2)
+    for a, b in zip(ours[1:], ref[1:]):
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()
+
+
+def tiny_llama(tied: bool) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_loss_matches_the_model_logits_loss_and_restores_the_head(tied):
+    ids = torch.randint(0, 96, (3, 17), generator=torch.Generator().manual_seed(2))
+    inputs, labels = ids[:, :-1], ids[:, 1:].clone()
+    labels[1, :5] = IGNORE
+    results = []
+    for fused in (False, True):
+        model = tiny_llama(tied)
+        if fused:
+            loss = lm_loss(model, labels, input_ids=inputs)
+        else:
+            loss = F.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert model(input_ids=inputs).logits.shape == (3, 16, 96)  # the head is a plain Linear again afterwards
+    (plain_loss, plain), (fused_loss, fused_grads) = results
+    torch.testing.assert_close(fused_loss, plain_loss)
+    for name in plain:
+        torch.testing.assert_close(fused_grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_hooked_or_biased_heads_fall_back_to_plain_logits():
+    model = tiny_llama(False)
+    assert fusable(model.lm_head)
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: None)  # e.g. Opacus' per-sample hooks
+    assert not fusable(model.lm_head)
+    ids = torch.randint(0, 96, (2, 9))
+    seen = []
+    handle.remove()
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    loss = lm_loss(model, ids[:, 1:], input_ids=ids[:, :-1])
+    assert seen == [(2, 8, 96)]  # the hook saw real logits, not a loss
+    torch.testing.assert_close(loss, F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten()))
+    assert not fusable(torch.nn.Linear(4, 4, bias=True))
