@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,6 +35,7 @@ class SplitRouter:
     def __init__(self, val_sources: list[str], val_fraction: float):
         self.patterns = list(val_sources)
         self.threshold = int(val_fraction * 2**64)
+        self.any_pattern = glob_regex(tuple(self.patterns))
         # Documents from one JSONL/Parquet file share a source: match each path once.
         self.source_is_val = functools.lru_cache(maxsize=65536)(self._source_is_val)
 
@@ -46,14 +49,24 @@ class SplitRouter:
         return int.from_bytes(digest[:8], "big") < self.threshold
 
     def _source_is_val(self, source: str) -> bool:
-        return any(source_matches(source, p) for p in self.patterns)
+        return any(self.any_pattern(t) for t in path_and_tails(source))
 
 
 def source_matches(source: str, pattern: str) -> bool:
     """fnmatch on the whole path or on any tail of it, so both `*/json/*` and `json/*.py` work."""
+    match = glob_regex((pattern,))
+    return any(match(t) for t in path_and_tails(source))
+
+
+def path_and_tails(source: str) -> list[str]:
     parts = PurePosixPath(source).parts
-    tails = ["/".join(parts[i:]) for i in range(len(parts))]
-    return fnmatch.fnmatchcase(source, pattern) or any(fnmatch.fnmatchcase(t, pattern) for t in tails)
+    return [source] + ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+@functools.lru_cache(maxsize=256)
+def glob_regex(patterns: tuple[str, ...]):
+    """One compiled regex for "matches any of these globs" (fnmatchcase semantics)."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)").match
 
 
 def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
@@ -112,7 +125,23 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
 
 
 def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs: int) -> Iterator[tuple[str, str, int, np.ndarray]]:
-    """(id, source, characters, token ids + EOS) per document, in prepared order; batches go through the Rust encoder."""
+    """(id, source, characters, token ids + EOS) per document, in prepared order.
+
+    Batches go through the Rust encoder (all cores, GIL released) on a helper thread while this thread turns
+    the previous batch into arrays and the caller routes and writes them, so the encoder does not wait for the
+    Python side between batches. At most two batches are in memory."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for batch in _batches(root, batch_docs):
+            encoding = pool.submit(_encode, tokenizer, batch)
+            if pending is not None:
+                yield from _with_eos(*pending, eos, dtype)
+            pending = (batch, encoding)
+        if pending is not None:
+            yield from _with_eos(*pending, eos, dtype)
+
+
+def _batches(root: str, batch_docs: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     chars = 0
     for row in iter_prepared(root):
@@ -120,18 +149,22 @@ def encode_documents(root: str, tokenizer, eos: int, dtype: np.dtype, batch_docs
         chars += len(row["text"])
         # Also bounded by size: an Encoding costs ~100 bytes per token, so 1024 large files could take gigabytes.
         if len(batch) == batch_docs or chars >= _BATCH_CHARS:
-            yield from _encode_batch(batch, tokenizer, eos, dtype)
+            yield batch
             batch, chars = [], 0
-    yield from _encode_batch(batch, tokenizer, eos, dtype)
+    if batch:
+        yield batch
 
 
-def _encode_batch(batch: list[dict], tokenizer, eos: int, dtype: np.dtype) -> Iterator[tuple[str, str, int, np.ndarray]]:
-    if not batch:
-        return
-    encodings = tokenizer.encode_batch([row["text"] for row in batch], add_special_tokens=False)
-    for row, enc in zip(batch, encodings):
-        ids = np.empty(len(enc.ids) + 1, dtype=dtype)
-        ids[:-1] = enc.ids
+def _encode(tokenizer, batch: list[dict]) -> list:
+    # encode_batch_fast: the same ids as encode_batch without computing character offsets, which nothing here reads.
+    return tokenizer.encode_batch_fast([row["text"] for row in batch], add_special_tokens=False)
+
+
+def _with_eos(batch: list[dict], encoding: Future, eos: int, dtype: np.dtype) -> Iterator[tuple[str, str, int, np.ndarray]]:
+    for row, enc in zip(batch, encoding.result()):
+        tokens = enc.ids  # a new Python list on every access
+        ids = np.empty(len(tokens) + 1, dtype=dtype)
+        ids[:-1] = tokens
         ids[-1] = eos
         yield row["id"], row["source"], len(row["text"]), ids
 
