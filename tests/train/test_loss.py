@@ -61,6 +61,18 @@ def test_bf16_autocast_is_as_close_as_bf16_allows():
         assert (a - b).abs().max() <= 2e-2 * b.abs().max()
 
 
+def test_fp16_autocast_gradients_do_not_underflow():
+    # softmax / tokens is ~1e-7 here, below fp16's normal range: the 1/tokens scale must come after the matmuls.
+    g = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(2048, 16, generator=g), torch.randn(4096, 16, generator=g) * 0.05
+    labels = torch.randint(0, 4096, (2048,), generator=g)
+    with torch.autocast("cpu", dtype=torch.float16):
+        ours = grads_of(lambda h, w, y: linear_cross_entropy(h, w, y, rows=512), hidden, weight, labels)
+    ref = grads_of(reference, hidden, weight, labels)  # fp32
+    for a, b in zip(ours[1:], ref[1:]):
+        assert (a - b).abs().max() <= 1e-2 * b.abs().max()
+
+
 def tiny_llama(tied: bool) -> LlamaForCausalLM:
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -65,10 +65,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += ((norm.log() + top).squeeze(1) - picked).mul_(keep).sum()
             if not (want_h or want_w):
                 continue
-            # d loss / d logits = (softmax − one-hot) · scale, zero on ignored tokens
-            weight_rows = keep[:, None] * scale
+            # d loss / d logits = (softmax − one-hot) · scale, zero on ignored tokens. The 1/tokens scale is
+            # applied to the two results after the loop, not here: softmax/tokens would underflow in fp16.
+            weight_rows = keep[:, None].float()
             grad = probs.mul_(weight_rows / norm)
-            grad.scatter_add_(1, target, -weight_rows.float())
+            grad.scatter_add_(1, target, -weight_rows)
             grad = grad.to(dtype)
             if want_h and grad_h.dtype == dtype:
                 torch.mm(grad, w, out=grad_h[start:start + rows])
@@ -78,7 +79,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.addmm(grad_w, grad.T, hc, out=grad_w)  # (not addmm_: FlopCounterMode counts this form)
             elif want_w:
                 grad_w += (grad.T @ hc).float()  # each chunk's product in `dtype`, their sum in fp32
-        ctx.save_for_backward(grad_h if want_h else None, grad_w.to(weight.dtype) if want_w else None)
+        if want_h:
+            grad_h.mul_(scale)
+        if want_w:
+            grad_w = grad_w.mul_(scale).to(weight.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
         return total * scale
 
     @staticmethod
