@@ -2,13 +2,15 @@
 
 A prepared script for a GPU machine that finishes in under 10 minutes (H100/H200: about 5). Both runs
 start from the same initial weights and read the same micro-batches (synthetic tokens: throughput does not
-depend on what the tokens say). megalang runs its trainer with bf16 autocast, fused AdamW, per-block
+depend on what the tokens say). megalang runs its trainer with bf16 autocast, fused AdamW, the chunked
+linear + cross-entropy loss (train.fused_loss; --no-fused-loss for the plain one), per-block
 torch.compile and (optionally) activation checkpointing; HF Trainer runs with bf16=True, its own
 torch_compile and gradient checkpointing settings matched. MFU is against the GPU's dense bf16 datasheet
 peak (989 TFLOP/s for H100 SXM and H200), with the PaLM FLOPs count (6·N + attention).
 Prints one JSON line.
 
 Usage: python bench/gpu_train.py [--preset 1b] [--seq-len 2048] [--micro-batch 4] [--steps 30] [--no-compile] [--ac]
+                                 [--no-fused-loss]
 On a machine without CUDA it refuses unless --allow-cpu (a smoke test with a small preset).
 """
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--ac", action="store_true", help="activation checkpointing (both frameworks)")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--allow-cpu", action="store_true")
+    parser.add_argument("--no-fused-loss", action="store_true", help="megalang with the plain logits + cross-entropy loss")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
@@ -55,7 +58,7 @@ def main() -> None:
     result: dict = {"bench": "gpu_train", "device": torch.cuda.get_device_name() if cuda else "cpu",
                     "preset": args.preset, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
                     "steps": args.steps, "compile": not args.no_compile, "activation_checkpointing": args.ac,
-                    "torch": torch.__version__}
+                    "fused_loss": not args.no_fused_loss, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shards = synthetic_shards(root, tokens_per_step * (args.steps + 2) + 200_000, vocab, 200_000, 100_000)
@@ -64,7 +67,7 @@ def main() -> None:
             "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
                       "precision": "bf16", "compile": not args.no_compile, "activation_checkpointing": args.ac,
                       "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 5, "log_every": WARMUP, "eval_every": 0,
-                      "eval_batches": 1, "device": device},
+                      "eval_batches": 1, "device": device, "fused_loss": not args.no_fused_loss},
             "checkpoint": {"every": 0}, "run": {"dir": str(root / "run")}, "seed": 0,
         })
         from megalang.train.trainer import train

@@ -28,9 +28,9 @@ IGNORE = -100
 
 
 def chunk_rows(vocab_size: int, device_type: str) -> int:
-    """Tokens per chunk. CPU: about 4 M logits (16 MB in fp32) — the fastest of 128–1024 rows for a 8k
-    vocabulary in fp32 and within 10 % of the fastest in bf16 (docs/benchmarks.md); a GPU takes bigger
-    matmuls (64 M logits, 256 MB in fp32)."""
+    """Tokens per chunk. CPU: about 4 M logits (16 MB in fp32): for an 8k vocabulary, of 128–1024 rows the
+    fastest in bf16 and within 3 % of the fastest in fp32 (bench/loss_head.py, docs/benchmarks.md). A GPU
+    takes bigger matmuls (64 M logits, 256 MB in fp32; not measured on a GPU yet)."""
     budget = 1 << 26 if device_type == "cuda" else 1 << 22
     return max(16, budget // vocab_size)
 
