@@ -41,6 +41,16 @@ def test_all_labels_ignored_gives_zero_loss_and_zero_gradients():
     assert torch.count_nonzero(grad_h) == 0 and torch.count_nonzero(grad_w) == 0
 
 
+@pytest.mark.parametrize("bad", [-5, 20])
+def test_labels_outside_the_vocabulary_fail_like_cross_entropy(bad):
+    hidden, weight, labels = torch.randn(6, 8), torch.randn(20, 8), torch.randint(0, 20, (6,))
+    labels[2] = bad
+    with pytest.raises((RuntimeError, IndexError)):
+        reference(hidden, weight, labels)
+    with pytest.raises((RuntimeError, IndexError)):
+        linear_cross_entropy(hidden, weight, labels, rows=4)
+
+
 def test_no_grad_returns_the_loss_only():
     hidden, weight, labels = torch.randn(10, 8), torch.randn(20, 8), torch.randint(0, 20, (10,))
     with torch.no_grad():

@@ -52,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         buffer = torch.empty((min(rows, h.shape[0]), w.shape[0]), dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], rows):
             hc, keep = h[start:start + rows], valid[start:start + rows]
-            target = labels[start:start + rows].clamp(min=0)[:, None]
+            target = labels[start:start + rows].masked_fill(~keep, 0)[:, None]  # other negatives fail in gather
             logits = buffer[:hc.shape[0]]
             if dtype == torch.float32:
                 torch.mm(hc, w.T, out=logits)
