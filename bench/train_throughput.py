@@ -9,10 +9,11 @@ Equal work is checked by the loss of each trained model on the same held-out bat
 With `--repeats N` the three run in turn N times (megalang, bare, HF, megalang, ...) and each one's median
 tokens/s is reported, so a slow spell of a shared machine does not land on one contender only.
 `--no-fused-loss` trains megalang with `train.fused_loss=false` (the logits + cross-entropy path the peers use),
-to measure what the chunked loss contributes.
+to measure what the chunked loss contributes; `--compile` trains megalang with `train.compile=true` (compile
+time falls in the first log interval, which the steady state leaves out).
 
 Usage: python bench/train_throughput.py [--steps 30] [--repeats 1] [--preset tiny] [--precisions fp32,bf16]
-                                        [--no-fused-loss]
+                                        [--no-fused-loss] [--compile]
 Prints one JSON line.
 """
 
@@ -50,7 +51,8 @@ def build_shards(root: Path) -> Path:
     return shards
 
 
-def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: int, fused_loss: bool = True):
+def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: int, fused_loss: bool = True,
+               compile: bool = False):
     from megalang.config import RunConfig
 
     return RunConfig.model_validate({
@@ -58,7 +60,7 @@ def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: 
         "data": {"shards": str(shards)},
         "train": {"max_steps": steps, "seq_len": 256, "micro_batch_size": 16, "precision": precision,
                   "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 10, "log_every": WARMUP, "eval_every": 0,
-                  "eval_batches": 1, "fused_loss": fused_loss},
+                  "eval_batches": 1, "fused_loss": fused_loss, "compile": compile},
         "checkpoint": {"every": 0},
         "run": {"dir": str(run_dir)},
         "seed": 1234,
@@ -177,13 +179,14 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--no-fused-loss", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="megalang with train.compile=true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from megalang.monitor.flops import measure_cpu_peak_flops
 
     result: dict = {"bench": "train_throughput", "preset": args.preset, "steps": args.steps, "seq_len": 256,
-                    "micro_batch": 16, "repeats": args.repeats, "fused_loss": not args.no_fused_loss,
+                    "micro_batch": 16, "repeats": args.repeats, "fused_loss": not args.no_fused_loss, "compile": args.compile,
                     "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -193,7 +196,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"megalang": [], "bare_loop": [], "hf_trainer": []}
             for repeat in range(args.repeats):
                 cfg = run_config(shards, root / f"run-{precision}-{repeat}", args.preset, precision, args.steps,
-                                 fused_loss=not args.no_fused_loss)
+                                 fused_loss=not args.no_fused_loss, compile=args.compile)
                 runs["megalang"].append(run_megalang(cfg))
                 runs["bare_loop"].append(run_bare_loop(cfg))
                 runs["hf_trainer"].append(run_hf_trainer(cfg, root / f"hf-{precision}-{repeat}"))

@@ -146,6 +146,23 @@ def test_gradient_accumulation_and_activation_checkpointing_match_the_plain_step
     assert sorted(p.name for p in (tmp_path / "plain" / "checkpoints").iterdir()) == ["step-2"]
 
 
+def test_compile_matches_the_eager_step_and_leaves_cpu_attention_eager(shards, tmp_path):
+    from megalang.parallel.parallelize import apply_compile, decoder_blocks
+    from megalang.train.trainer import setup
+
+    plain, plain_w = short_run(shards, tmp_path, "eager")
+    compiled, compiled_w = short_run(shards, tmp_path, "compiled", compile=True)
+    assert compiled["train_loss_last"] == pytest.approx(plain["train_loss_last"], rel=1e-4)
+    for k in plain_w:
+        assert torch.allclose(compiled_w[k], plain_w[k], atol=1e-4), k
+    t = setup(debug_config(shards, tmp_path / "parts", train={"max_steps": 1}))
+    apply_compile(t.model, cpu=True)
+    block = decoder_blocks(t.model)[0]
+    assert hasattr(block.mlp, "_compiled_call_impl") and block.mlp._compiled_call_impl is not None
+    assert getattr(block.self_attn, "_compiled_call_impl", None) is None and getattr(block, "_compiled_call_impl", None) is None
+    t.sink.close()
+
+
 def test_bf16_autocast_trains_on_cpu(shards, tmp_path):
     summary, _ = short_run(shards, tmp_path, "bf16", precision="bf16")
     assert summary["precision"] == "bf16" and math.isfinite(summary["train_loss_last"])
