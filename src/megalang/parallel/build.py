@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from megalang.config import RunConfig
 from megalang.model.build import build_model, materialize
 from megalang.parallel.mesh import ParallelDims
 from megalang.parallel.parallelize import parallelize
 from megalang.parallel.pipeline import build_schedule, build_stage
+from megalang.train.loss import cross_entropy
 
 
 @dataclass
@@ -25,11 +25,6 @@ class ParallelModel:
     schedule: Any = None  # the pipelining schedule when pp > 1
     first_stage: bool = True
     last_stage: bool = True
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token cross-entropy, in fp32 whatever the autocast dtype (the log-sum-exp needs it)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
 def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any], device: torch.device,
@@ -45,7 +40,7 @@ def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any
     part = build_stage(meta, stage, dims.pp, cfg.train.seq_len)
     parallelize(part, mesh, cfg.train, cfg.parallel)
     materialize(part, device, cfg.seed, reference=meta)
-    schedule = build_schedule(part, stage, dims.pp, device, mesh["pp"].get_group(), accum, causal_lm_loss,
+    schedule = build_schedule(part, stage, dims.pp, device, mesh["pp"].get_group(), accum, cross_entropy,
                               cfg.parallel.pp_schedule)
     return ParallelModel(part, schedule, first_stage=stage == 0, last_stage=stage == dims.pp - 1)
 

@@ -32,9 +32,9 @@ def parallelize(
     if train_cfg.activation_checkpointing:
         apply_ac(model, train_cfg.activation_checkpointing_every)
     if train_cfg.compile:
-        on_cpu = mesh.device_type == "cpu" if mesh is not None else (
-            train_cfg.device == "cpu" or (train_cfg.device == "auto" and not torch.cuda.is_available()))
-        apply_compile(model, cpu=on_cpu)
+        # One process: the model is already on its device; otherwise it is on `meta` and the mesh knows.
+        device_type = mesh.device_type if mesh is not None else next(model.parameters()).device.type
+        apply_compile(model, cpu=device_type == "cpu")
     if mesh is None:
         return model
     replicate, shard = mesh["dp_replicate"].size(), mesh["dp_shard"].size()

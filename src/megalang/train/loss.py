@@ -22,9 +22,14 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 IGNORE = -100
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The plain loss: token mean over labels ≠ −100 of the full logits, in fp32 whatever the autocast dtype (the
+    log-sum-exp over the vocabulary needs it)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
 def chunk_rows(vocab_size: int, device_type: str) -> int:
@@ -112,10 +117,12 @@ def fusable(head: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def _head_returns_loss(head: nn.Linear, labels: torch.Tensor) -> Iterator[None]:
+    from torch.distributed.tensor import DTensor  # here, not at module level: `megalang plan` imports this module
+
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         weight = head.weight  # read at call time: FSDP2 has just unsharded it
-        if isinstance(weight, DTensor):  # vocab-sharded by tensor parallel: the plain loss over the DTensor
-            return F.cross_entropy(F.linear(hidden, weight).float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if isinstance(weight, DTensor):  # vocab-sharded (tensor parallel): the plain loss over the DTensor
+            return cross_entropy(F.linear(hidden, weight), labels)
         return linear_cross_entropy(hidden, weight, labels)
 
     head.forward = forward
@@ -131,7 +138,6 @@ def lm_loss(model: nn.Module, labels: torch.Tensor, **inputs) -> torch.Tensor:
     returning the loss in place of the logits."""
     head = model.get_output_embeddings()
     if head is None or not fusable(head):
-        logits = model(**inputs).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        return cross_entropy(model(**inputs).logits, labels)
     with _head_returns_loss(head, labels):
         return model(**inputs).logits

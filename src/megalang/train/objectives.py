@@ -14,9 +14,7 @@ import torch.nn.functional as F
 
 from megalang.config import DistillConfig
 from megalang.errors import UserError
-from megalang.train.loss import lm_loss
-
-IGNORE = -100
+from megalang.train.loss import IGNORE, cross_entropy, lm_loss
 
 
 def model_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -26,11 +24,6 @@ def model_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}, batch["labels"]
     input_ids, labels = batch
     return {"input_ids": input_ids}, labels
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over target tokens (labels ≠ −100), in fp32 whatever the autocast dtype."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
 def next_token_loss(model, batch) -> torch.Tensor:

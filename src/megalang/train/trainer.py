@@ -33,7 +33,7 @@ from megalang.monitor.live import RunMonitor, build_run_monitor, disabled_monito
 from megalang.monitor.report import clear_report
 from megalang.monitor.metrics import METRICS_FILE, MetricsSink, read_metrics
 from megalang.monitor.progress import LineReporter, make_reporter
-from megalang.parallel.build import build_parallel_model, causal_lm_loss
+from megalang.parallel.build import build_parallel_model
 from megalang.parallel.distributed import (
     ProcessGroup,
     barrier,
@@ -59,7 +59,7 @@ from megalang.train.checkpoint import (
 from megalang.train.checkpoint_integrity import recorded_files
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.health import HealthGuard, build_health_guard, maybe_skip_step
-from megalang.train.loss import lm_loss
+from megalang.train.loss import cross_entropy, lm_loss
 from megalang.train import compat, faults, finetune
 
 SUMMARY = "summary.json"
@@ -219,8 +219,7 @@ def forward_backward(t: Trainer) -> torch.Tensor:
                 loss = lm_loss(t.model, labels, input_ids=input_ids)
             else:
                 input_ids, labels = batch
-                # Cross-entropy in fp32 whatever the autocast dtype: the log-sum-exp over the vocabulary needs it.
-                loss = causal_lm_loss(t.model(input_ids=input_ids).logits, labels)
+                loss = cross_entropy(t.model(input_ids=input_ids).logits, labels)
         scaled = loss / t.accum  # every micro-batch has the same token count, so this is the token mean
         (t.scaler.scale(scaled) if t.scaler else scaled).backward()
         total += loss.detach()
