@@ -252,7 +252,14 @@ class CheckpointConfig(Section):
         None, ge=0, description="resume from exactly this step's checkpoint (an error if it is missing or incomplete)"
     )
     async_save: bool = Field(
-        False, description="write checkpoints in a background thread (DCP async_save) while training continues"
+        False, description="write checkpoints in the background (DCP async_save) while training continues"
+    )
+    async_writer: Literal["auto", "process", "thread"] = Field(
+        "auto",
+        description="async_save's writer: a process of its own (no GIL shared with the training loop; spawned at "
+        "the first save, stages the state in /dev/shm, and a script that calls megalang.train needs an "
+        "`if __name__ == '__main__':` guard), a thread of the training process, or auto (process on a GPU, "
+        "thread on a CPU)",
     )
 
     @model_validator(mode="after")

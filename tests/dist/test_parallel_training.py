@@ -77,16 +77,18 @@ def test_single_process_checkpoint_resumes_on_fsdp2(single_run, dist_shards, tmp
 
 
 def test_ddp_async_save_checkpoints_complete_and_resume(dist_shards, single_run, tmp_path):
-    """DDP (dp_replicate=2) with checkpoint.async_save: losses match one process, both checkpoints complete,
-    and the step-4 one resumes on one process."""
+    """DDP (dp_replicate=2) with checkpoint.async_save from a writer process per rank (the two processes form a
+    gloo group of their own): losses match one process, both checkpoints complete, and the step-4 one resumes
+    on one process (with the writer thread)."""
     launch_train(2, dist_shards, tmp_path / "run", "parallel.dp_replicate=2", "parallel.dp_shard=1",
-                 "checkpoint.async_save=true")
+                 "checkpoint.async_save=true", "checkpoint.async_writer=process")
     assert_losses_match(metrics(tmp_path / "run"), metrics(single_run), ALL_STEPS)
     done = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert done == ["step-4", "step-8"]
     assert all((tmp_path / "run" / "checkpoints" / name / "COMPLETE.json").is_file() for name in done)
     run = copy_until(tmp_path / "run", tmp_path / "resumed", 4)
-    assert train_here(dist_shards, run, "checkpoint.async_save=true")["resumed_from_step"] == 4
+    assert train_here(dist_shards, run, "checkpoint.async_save=true",
+                      "checkpoint.async_writer=thread")["resumed_from_step"] == 4
     assert_losses_match(metrics(run), metrics(single_run), range(5, STEPS + 1))
 
 

@@ -257,3 +257,81 @@ def test_run_manifest_takes_checkpoint_hashes_from_complete_json(tmp_path, monke
     victim.write_bytes(bytes(data))
     artifacts.write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
     assert any(victim.name in problem for problem in artifacts.verify(tmp_path))
+
+
+# --- async saves: the writer process and the writer thread --------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
+    """Either writer leaves a complete checkpoint that round-trips, with every file hashed and nothing else in
+    the folder (the writer process's digests file is read back and removed); the process is stopped at the end."""
+    from torch.distributed.checkpoint import _async_process_executor
+
+    from megalang.parallel.distributed import maybe_init_process_group
+
+    model, opt, sched = trained(steps=1)
+    group = maybe_init_process_group("cpu", alone=writer == "process")
+    try:
+        config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
+        pending = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(),
+                                  tokens_seen=20, run_config=config, keep=2, async_save=True, async_writer=writer)
+        assert isinstance(pending, ckpt.PendingSave)
+        pending.wait_staged()
+        path = pending.finish()
+        writer_process = _async_process_executor._CHECKPOINT_PROCESS
+        assert (writer_process is not None) == (writer == "process")
+        ckpt.release_staging()
+        assert _async_process_executor._CHECKPOINT_PROCESS is None
+        assert writer_process is None or not writer_process._save_process.is_alive()
+    finally:
+        group.close()
+    record = json.loads((path / "COMPLETE.json").read_text())
+    assert set(record["sha256"]) == {p.name for p in path.iterdir() if p.name != "COMPLETE.json"}
+    assert all(record["sha256"][name] == sha256_file(path / name) for name in record["sha256"])
+    fresh, fresh_opt, fresh_sched = trained(seed=1, steps=1)
+    load_checkpoint(path, fresh, fresh_opt, fresh_sched, StubLoader())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="nice values are a POSIX feature")
+def test_what_the_saver_thread_starts_runs_at_the_lowest_priority():
+    """DCP's writer thread and writer process are started from the saver thread; Linux gives threads and
+    processes their creator's nice value, which is what keeps the write off the training cores' time."""
+    import subprocess
+    import sys
+    import threading
+
+    def started_from_saver():
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        thread.start()
+        thread.join()
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+        return seen[0], int(child.stdout)
+
+    assert ckpt._saver().submit(started_from_saver).result() == (19, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the calling (training) thread keeps its priority
+
+
+def test_shared_memory_too_small_for_the_writer_process_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r"stages 1024.00 GiB .* in .*; enlarge it \(docker run --shm-size=...\) "
+                                        r"or set checkpoint.async_writer=thread"):
+        ckpt.check_shared_memory(2**40, tmp_path)
+    ckpt.check_shared_memory(1024, tmp_path)
+    ckpt.check_shared_memory(2**40, tmp_path / "missing")  # no tmpfs to measure: nothing to say
+
+
+def test_auto_async_writer_is_a_process_beside_a_gpu_and_a_thread_on_a_cpu():
+    from megalang.train.trainer import async_writer, writer_process
+
+    def cfg(*extra):
+        return RunConfig.model_validate({"checkpoint": dict(kv.split("=") for kv in extra)})
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert async_writer(cfg(), cpu) == "thread" and async_writer(cfg(), cuda) == "process"
+    assert async_writer(cfg("async_writer=process"), cpu) == "process"
+    assert async_writer(cfg("async_writer=thread"), cuda) == "thread"
+    assert not writer_process(cfg(), cuda)  # no async_save: no writer at all
+    assert writer_process(cfg("async_save=true"), cuda) and not writer_process(cfg("async_save=true"), cpu)

@@ -100,9 +100,11 @@ def leftover(run: Path, point: str) -> None:
         ("after_shards", (), 2),
         ("before_rename", (), 2),
         ("during_retention", (), 4),
-        ("before_metadata", ("checkpoint.async_save=true",), 2),  # killed in DCP's background thread
+        ("before_metadata", ("checkpoint.async_save=true", "checkpoint.async_writer=process"), 2),  # kills the trainer too
+        ("before_metadata", ("checkpoint.async_save=true", "checkpoint.async_writer=thread"), 2),
     ],
-    ids=["before_metadata", "after_shards", "before_rename", "during_retention", "async-before_metadata"],
+    ids=["before_metadata", "after_shards", "before_rename", "during_retention", "async-before_metadata",
+         "async_thread-before_metadata"],
 )
 def test_kill_during_save_resumes_from_last_complete(point, extra, resumed_from, shards, reference, tmp_path):
     run = tmp_path / "run"
@@ -119,6 +121,20 @@ def test_kill_during_save_resumes_from_last_complete(point, extra, resumed_from,
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == resumed_from
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{STEPS}"]  # leftovers cleaned
     assert_same_weights(run, reference)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm tmpfs here")
+def test_writer_process_without_room_in_shared_memory_fails_at_setup(shards, tmp_path, monkeypatch):
+    """The state a writer process maps is staged in /dev/shm; too little there is one line before step 1, not a
+    crash at the first save, and the group of one created for the writer is gone again."""
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**20, 2**20, 0))
+    with pytest.raises(UserError, match=r"in /dev/shm, which has 0.00 GiB free; .* checkpoint.async_writer=thread"):
+        train(in_process(shards, tmp_path / "run", "checkpoint.async_save=true", "checkpoint.async_writer=process"))
+    assert not torch.distributed.is_initialized()
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_fault_points_are_checked():

@@ -28,12 +28,19 @@ class ProcessGroup:
             dist.destroy_process_group()
 
 
-def maybe_init_process_group(device_type: str, timeout_s: float = 600) -> ProcessGroup:
+def maybe_init_process_group(device_type: str, timeout_s: float = 600, alone: bool = False) -> ProcessGroup:
     """Use the group that exists (Ray Train initialises it), else create one from torchrun's environment
-    (RANK, WORLD_SIZE, MASTER_ADDR/PORT); a plain single process gets no group at all."""
+    (RANK, WORLD_SIZE, MASTER_ADDR/PORT). A plain single process gets no group, unless `alone` asks for a
+    group of one (DCP's checkpoint writer process needs one to join; it listens on 127.0.0.1 unless
+    MASTER_ADDR says otherwise)."""
     if dist.is_available() and dist.is_initialized():
         return ProcessGroup(dist.get_rank(), dist.get_world_size(), owned=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and alone and dist.is_available():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        dist.init_process_group(backend="gloo", store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=collective_timeout(timeout_s))
+        return ProcessGroup(0, 1, owned=True)
     if world <= 1 or not dist.is_available():
         return ProcessGroup(0, 1, owned=False)
     # NCCL for CUDA tensors; gloo for CPU ones (the only CPU backend with every collective FSDP2/DCP use).

@@ -14,16 +14,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import logging
 import os
 import re
 import shutil
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     StateDictOptions,
@@ -174,36 +177,70 @@ def environment_failures(folder: Path):
         raise
 
 
-_STAGER: Any = None
+_STAGERS: dict[bool, Any] = {}  # by writer: a process reads shared memory, a thread plain host memory
+_SAVER: ThreadPoolExecutor | None = None
 
 
-def _background_stager():
+def _background_stager(process: bool):
     """The copy of the state to host memory that an async save writes from.
 
     On CUDA the copy runs in a background thread (pinned memory, non-blocking copies): the save call returns at
-    once and only the optimizer step waits for it. On a CPU it runs in the calling thread: a background copy's
-    intra-op threads would compete with the training step's for the same cores (measured: the step slowed by
-    up to 1.2 s for a 0.04 s copy on 2 cores), so a plain copy before returning stalls less.
+    once and only the optimizer step waits for it. On a CPU it runs before the save call returns: a background
+    copy's intra-op threads would compete with the training step's for the same cores (measured: the step
+    slowed by up to 1.2 s for a 0.04 s copy on 2 cores), so a plain copy before returning stalls less.
+    For a writer process the copy is in shared memory, which the process maps instead of receiving a copy.
 
-    One stager per process, kept across saves: it caches a host buffer per tensor storage (weakly keyed, so a
+    One stager per writer kind, kept across saves: it caches a host buffer per tensor storage (weakly keyed, so a
     freed model's buffers go with it), and later saves copy into those buffers instead of allocating and
     faulting in the whole state again. A save must finish before the next one starts (the trainer does)."""
-    global _STAGER
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-    if _STAGER is None:
+    if process not in _STAGERS:
         cuda = torch.cuda.is_available()
-        _STAGER = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                               use_async_staging=cuda, use_non_blocking_copy=cuda))
-    return _STAGER
+        _STAGERS[process] = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=process,
+                                                         use_async_staging=cuda, use_non_blocking_copy=cuda))
+    return _STAGERS[process]
+
+
+def check_shared_memory(nbytes: int, shm: Path = Path("/dev/shm")) -> None:
+    """A writer process (checkpoint.async_writer=process) maps the staged state from shared memory, which on
+    Linux is the /dev/shm tmpfs; a container's default there (Docker: 64 MiB) would fail the first save,
+    possibly hours into the run. The trainer calls this at setup with the state's size on this rank."""
+    if not shm.is_dir():
+        return  # no tmpfs to measure (macOS keeps POSIX shared memory elsewhere)
+    free = shutil.disk_usage(shm).free
+    if free < nbytes:
+        raise UserError(
+            f"checkpoint.async_writer=process stages {nbytes / 2**30:.2f} GiB of model and optimizer state in "
+            f"{shm}, which has {free / 2**30:.2f} GiB free; enlarge it (docker run --shm-size=...) or set "
+            "checkpoint.async_writer=thread")
+
+
+def _saver() -> ThreadPoolExecutor:
+    """The thread async saves start from, at the lowest CPU priority (nice 19). Linux threads and processes
+    inherit their creator's priority, so what DCP starts from here inherits it: its writer thread, or its
+    writer process and the hashing threads in it, which then yield contended cores to training (a concurrent
+    forward/backward slowed by 0.51–0.69 s with a plain background write, 0.03–0.25 s at nice 19). Where
+    training keeps every core busy the write's CPU time still comes out of training (docs/benchmarks.md);
+    beside a GPU the cores are idle and nothing changes."""
+    global _SAVER
+    if _SAVER is None:
+        _SAVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalang-save",
+                                    initializer=_lowest_cpu_priority)
+    return _SAVER
 
 
 def release_staging() -> None:
-    """Drop the host copies async saves keep between saves (the end of a run)."""
-    global _STAGER
-    if _STAGER is not None:
-        _STAGER.close()
-        _STAGER = None
+    """Drop the host copies async saves keep between saves and stop the writer process (the end of a run)."""
+    while _STAGERS:
+        _STAGERS.popitem()[1].close()
+    # DCP keeps its writer process for the life of the trainer process and offers no call to stop it; left
+    # to interpreter exit it dies on a closed pipe with a traceback. Stop it as DCP's own finalizer does.
+    from torch.distributed.checkpoint import _async_process_executor as process_executor
+
+    writer, process_executor._CHECKPOINT_PROCESS = process_executor._CHECKPOINT_PROCESS, None
+    if writer is not None:
+        writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
 
 
 def save_checkpoint(
@@ -219,11 +256,14 @@ def save_checkpoint(
     keep: int,
     extra: dict[str, Any] | None = None,
     async_save: bool = False,
+    async_writer: str = "process",
 ) -> Path | PendingSave:
     """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
 
     Every rank calls this (DCP's save is collective). With `async_save` it returns once the tensors are
     staged in host memory, and the caller must `finish()` the returned PendingSave before the next save.
+    `async_writer="process"` writes from a process of DCP's (which needs a process group; see
+    parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one.
     """
     root = checkpoints_dir(run_dir)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
@@ -237,10 +277,11 @@ def save_checkpoint(
     if _rank() == 0:
         _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
 
-    writer = _SyncedWriter(tmp, step, background=async_save)
+    process = async_save and async_writer == "process"
+    writer = _SyncedWriter(tmp, step, process=process)
 
     def finalize() -> Path:
-        digests = _gather_digests(writer.digests)  # every rank calls finalize (after the save, or in finish())
+        digests = _gather_digests(writer.written_digests())  # every rank calls finalize (after the save, or in finish())
         if _rank() == 0:
             maybe_fault("after_shards", step)
             _mark_complete(tmp, final, step, tokens_seen, digests)
@@ -249,9 +290,11 @@ def save_checkpoint(
 
     with _quiet_dcp():
         if async_save:
-            response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
-                                      storage_writer=writer, process_group=_async_group(),
-                                      async_stager=_background_stager())
+            kind = AsyncCheckpointerType.PROCESS if process else AsyncCheckpointerType.THREAD
+            response = _saver().submit(
+                dcp.async_save, {"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer,
+                process_group=_async_group(), async_checkpointer_type=kind,
+                async_stager=_background_stager(process)).result()
             return PendingSave(response, finalize, tmp)
         with environment_failures(tmp):
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
@@ -269,35 +312,49 @@ class _SyncedWriter(dcp.FileSystemWriter):
 
     Each rank also hashes the files it wrote, right after writing them: the hashing is spread over all ranks
     (rank 0 alone would read the whole checkpoint back on every save), and with async_save it runs in DCP's
-    background thread instead of stalling the training loop when the save is finalized."""
+    background writer instead of stalling the training loop when the save is finalized. A writer process works
+    on its own copy of this object, so there the digests come back through a file beside the shards, which
+    `written_digests` reads and removes before the checkpoint is described."""
 
-    def __init__(self, path: Path, step: int, background: bool = False):
+    def __init__(self, path: Path, step: int, process: bool = False):
         super().__init__(path, sync_files=True)
-        self.step, self.background = step, background
+        self.step, self.process = step, process
+        self.trainer_pid = os.getpid()  # a fault injected in a writer process kills the trainer too
         self.digests: dict[str, str] = {}
 
     def set_up_storage_writer(self, *args, **kwargs) -> None:
-        if self.background:  # DCP's save thread: the first call it makes, before planning and writing
-            _lowest_cpu_priority()
+        if self.process:  # DCP sets its writer process's root logger to INFO; keep its per-save lines off stderr
+            logging.getLogger().setLevel(logging.WARNING)
         super().set_up_storage_writer(*args, **kwargs)
 
     def write_data(self, plan, planner):
         future = super().write_data(plan, planner)  # the files are written (and synced) when this returns
         names = sorted({result.storage_data.relative_path for result in future.value()})
         self.digests = hash_files(Path(self.path), names)
+        if self.process:
+            write_json_atomic(self._digests_file(), self.digests)
         return future
 
     def finish(self, metadata, results) -> None:
         # DCP calls finish on the coordinator (rank 0) once every rank has reported its files written.
-        maybe_fault("before_metadata", self.step)
+        maybe_fault("before_metadata", self.step, also_kill=self.trainer_pid)
         super().finish(metadata, results)
+
+    def written_digests(self) -> dict[str, str]:
+        """{file: SHA-256} of the files this rank wrote (after the save)."""
+        if not self.process:
+            return self.digests
+        digests = read_json(self._digests_file(), "checkpoint digests")
+        self._digests_file().unlink()
+        return digests
+
+    def _digests_file(self) -> Path:
+        return Path(self.path) / f"digests-rank{_rank()}.json"
 
 
 def _lowest_cpu_priority() -> None:
-    """Run the calling thread (DCP's background writer, and the hashing threads it starts) at nice 19: where
-    training keeps every core busy (a CPU run), the write and hash take the cycles training leaves idle instead
-    of slowing the steps down; where cores are idle (beside a GPU) nothing changes. Linux sets nice per thread;
-    elsewhere this is a no-op."""
+    """Run the calling thread (and the threads and processes it starts) at nice 19. Linux sets nice per
+    thread; elsewhere this is a no-op."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 

@@ -22,8 +22,9 @@ SAVE_POINTS = (
 )
 
 
-def maybe_fault(point: str, step: int) -> None:
-    """Die with SIGKILL if MEGALANG_FAULT_SAVE names `point` (and `step`, when it gives one).
+def maybe_fault(point: str, step: int, also_kill: int | None = None) -> None:
+    """Die with SIGKILL if MEGALANG_FAULT_SAVE names `point` (and `step`, when it gives one); `also_kill` is
+    the trainer's pid where this runs in a checkpoint writer process, so the crash takes the whole run down.
 
     One environment lookup when unset. A malformed value is a bug in the test that set it, so it raises.
     """
@@ -34,6 +35,8 @@ def maybe_fault(point: str, step: int) -> None:
     if name not in SAVE_POINTS:
         raise ValueError(f"{FAULT_SAVE_ENV}={spec}: unknown point '{name}'; one of {', '.join(SAVE_POINTS)}")
     if name == point and (not at or int(at) == step):
+        if also_kill is not None and also_kill != os.getpid():
+            os.kill(also_kill, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -37,6 +37,7 @@ from megalang.parallel.build import build_parallel_model
 from megalang.parallel.distributed import (
     ProcessGroup,
     barrier,
+    local_bytes,
     maybe_init_process_group,
     peak_memory_bytes,
     state_bytes,
@@ -51,6 +52,7 @@ from megalang.train.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
     read_run_config,
+    check_shared_memory,
     release_staging,
     remove_stale_tmp,
     resume_checkpoint,
@@ -370,7 +372,7 @@ def maybe_save(t: Trainer) -> None:
         t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
         tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
         extra={"health": t.health.state_dict(), **({"scaler": t.scaler.state_dict()} if t.scaler else {})},
-        async_save=t.cfg.checkpoint.async_save,
+        async_save=t.cfg.checkpoint.async_save, async_writer=async_writer(t.cfg, t.device),
     )
     t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
@@ -387,13 +389,26 @@ def finish_pending_save(t: Trainer) -> None:
 # --- setup ------------------------------------------------------------------------------------------
 
 
+def async_writer(cfg: RunConfig, device: torch.device) -> str:
+    """checkpoint.async_writer resolved: `auto` is a writer process beside a GPU (the training loop keeps the
+    GIL to itself and idle cores absorb the write) and a thread on a CPU, where training keeps every core busy
+    and a process measured no smaller stall (docs/benchmarks.md) but costs a spawn and shared memory."""
+    if cfg.checkpoint.async_writer != "auto":
+        return cfg.checkpoint.async_writer
+    return "process" if device.type == "cuda" else "thread"
+
+
+def writer_process(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.checkpoint.async_save and async_writer(cfg, device) == "process"
+
+
 def setup(cfg: RunConfig) -> Trainer:
     """Check everything that can be wrong before touching the run folder, then build the run."""
     manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
     if not cfg.model.pretrained:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
     device = pick_device(cfg)
-    group = maybe_init_process_group(device.type, cfg.parallel.timeout_s)
+    group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
     try:
         return build_trainer(cfg, manifest, device, group)
     except BaseException:
@@ -430,6 +445,8 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
         model = built.model
     optimizer = build_optimizer(model, cfg.train)
+    if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones
+        check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters()))
     ft = None
     if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
         optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
