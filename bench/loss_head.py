@@ -4,7 +4,8 @@ Forward and backward of `hidden @ weightᵀ` and the token-mean cross-entropy, f
 default (4,096 tokens, hidden 256, vocabulary 8,192), fp32 and bf16 autocast, at several chunk sizes. The peer
 is what HF's loss and a bare loop do: the full logits, an fp32 upcast, `F.cross_entropy`. Best of `--repeats`
 after two warm-up calls; the largest relative difference of the loss and both gradients is reported, so
-nobody wins by computing something else. Prints one JSON line.
+nobody wins by computing something else. Evaluation (the summed loss under no_grad, default chunk size) is
+timed the same way. Prints one JSON line.
 
 Usage: python bench/loss_head.py [--tokens 4096] [--hidden 256] [--vocab 8192] [--rows 128,256,512,1024]
 """
@@ -47,7 +48,8 @@ def main() -> None:
     weight = torch.randn(args.vocab, args.hidden, generator=g) * 0.02
     labels = torch.randint(0, args.vocab, (args.tokens,), generator=g)
     result: dict = {"bench": "loss_head", "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
-                    "default_rows_cpu": chunk_rows(args.vocab, "cpu"), "torch_threads": torch.get_num_threads()}
+                    "default_rows_cpu": chunk_rows(args.vocab, "cpu"), "torch_threads": torch.get_num_threads(),
+                    "plain_logits_bytes_fp32": args.tokens * args.vocab * 4}
     for precision in ("fp32", "bf16"):
         def autocast():
             return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -73,6 +75,21 @@ def main() -> None:
             entry["chunked_ms"][rows] = round(best_of(lambda: run(chunked), args.repeats) * 1e3, 1)
             entry["max_relative_difference"][rows] = max(
                 float((a - b).abs().max() / b.abs().max()) for a, b in zip(ours, reference))
+
+        def evaluate(loss_fn):  # what evaluation runs: the summed loss under no_grad
+            with torch.no_grad(), autocast():
+                return loss_fn(hidden, weight)
+
+        def plain_sum(h, w):
+            return F.cross_entropy((h @ w.T).float(), labels, reduction="sum")
+
+        def chunked_sum(h, w):
+            return linear_cross_entropy(h, w, labels, reduction="sum")
+
+        entry["eval_plain_ms"] = round(best_of(lambda: evaluate(plain_sum), args.repeats) * 1e3, 1)
+        entry["eval_chunked_ms"] = round(best_of(lambda: evaluate(chunked_sum), args.repeats) * 1e3, 1)
+        entry["eval_relative_difference"] = float(
+            (evaluate(chunked_sum) - evaluate(plain_sum)).abs() / evaluate(plain_sum).abs())
         result[precision] = entry
     print(json.dumps(result))
 

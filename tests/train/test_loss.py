@@ -116,3 +116,64 @@ def test_hooked_or_biased_heads_fall_back_to_plain_logits():
     assert seen == [(2, 8, 96)]  # the hook saw real logits, not a loss
     torch.testing.assert_close(loss, F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten()))
     assert not fusable(torch.nn.Linear(4, 4, bias=True))
+
+
+def head_flops(grad: bool) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden, weight = torch.randn(40, 16, requires_grad=True), torch.randn(64, 16, requires_grad=True)
+    labels = torch.randint(0, 64, (40,))
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(grad):
+        linear_cross_entropy(hidden, weight, labels, rows=16)
+    return counter.get_total_flops()
+
+
+def test_no_grad_computes_no_gradients():
+    """Evaluation runs under no_grad, where the two gradient matmuls would triple the head's work."""
+    forward = 2 * 40 * 16 * 64
+    assert head_flops(grad=False) == forward
+    assert head_flops(grad=True) == 3 * forward
+
+
+def test_sum_reduction_matches_cross_entropy_sum():
+    g = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(30, 12, generator=g), torch.randn(50, 12, generator=g)
+    labels = torch.randint(0, 50, (30,), generator=g)
+    labels[[2, 7]] = IGNORE
+    ours = grads_of(lambda h, w, y: linear_cross_entropy(h, w, y, rows=8, reduction="sum"), hidden, weight, labels)
+    ref = grads_of(lambda h, w, y: F.cross_entropy(h @ w.T, y, ignore_index=IGNORE, reduction="sum"),
+                   hidden, weight, labels)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        linear_cross_entropy(hidden, weight, labels, reduction="none")
+
+
+def test_models_that_post_process_logits_get_the_plain_loss():
+    """Gemma 2 soft-caps its logits after the output layer; with the loss in their place it would soft-cap the
+    loss. Only architectures known to return the layer's output unchanged are fused."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           final_logit_softcapping=0.5))
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(4))
+    plain = F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(lm_loss(model, ids[:, 1:], input_ids=ids[:, :-1]), plain)
+
+
+def test_lora_wrapped_llama_still_takes_the_chunked_loss(monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from megalang.train import loss as loss_module
+
+    calls = []
+    real = loss_module.linear_cross_entropy
+    monkeypatch.setattr(loss_module, "linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = get_peft_model(tiny_llama(False), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(0, 96, (2, 9))
+    loss = lm_loss(model, ids[:, 1:], input_ids=ids[:, :-1])
+    assert calls == [1]
+    torch.testing.assert_close(loss, F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1),
+                                                     ids[:, 1:].flatten()))

@@ -16,6 +16,7 @@ from megalang.artifacts import MANIFEST, sha256_file, write_json_atomic
 from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
 from megalang.errors import UserError
 from megalang.jsonl import json_objects
+from megalang.train.loss import lm_loss
 
 
 @torch.no_grad()
@@ -44,11 +45,7 @@ def evaluate_perplexity(
         batch = [split.window(s, min(seq_len + 1, len(split) - s)) for s in starts[i : i + batch_size]]
         for length in sorted({len(w) for w in batch}):  # only the last window can be shorter
             rows = torch.from_numpy(np.stack([w for w in batch if len(w) == length])).to(device)
-            logits = model(input_ids=rows[:, :-1]).logits.float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), rows[:, 1:].reshape(-1), reduction="sum"
-            )
-            total_nll += nll.item()
+            total_nll += lm_loss(model, rows[:, 1:], reduction="sum", input_ids=rows[:, :-1]).item()
             total_tokens += rows[:, 1:].numel()
     model.train(was_training)
     loss = total_nll / total_tokens

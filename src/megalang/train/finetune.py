@@ -215,9 +215,8 @@ def open_val(cfg: RunConfig, manifest: dict[str, Any]) -> SftVal | None:
 def evaluate_sft_loss(t) -> float:
     """Token-mean CE over the val split's assistant tokens: each data rank scores its rows, then the sums and
     counts are added over the world (tensor-parallel ranks of one replica add equal shares, which divides out)."""
-    import torch.nn.functional as F
-
     from megalang.parallel.distributed import world_mean
+    from megalang.train.loss import lm_loss
     from megalang.train.objectives import IGNORE, model_inputs
 
     t.model.eval()
@@ -225,9 +224,7 @@ def evaluate_sft_loss(t) -> float:
     for batch in t.val_split.batches(t.loader.rank, t.loader.world, t.cfg.train.eval_batches):
         kwargs, labels = model_inputs({k: v.to(t.device) for k, v in batch.items()})
         with t.autocast():
-            logits = t.model(**kwargs).logits
-        total[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                                    reduction="sum")
+            total[0] += lm_loss(t.model, labels, reduction="sum", **kwargs)
         total[1] += (labels != IGNORE).sum()
     t.model.train()
     if t.dims is not None:

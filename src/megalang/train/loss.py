@@ -26,32 +26,36 @@ from torch import nn
 IGNORE = -100
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The plain loss: token mean over labels ≠ −100 of the full logits, in fp32 whatever the autocast dtype (the
-    log-sum-exp over the vocabulary needs it)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The plain loss: token mean (or sum) over labels ≠ −100 of the full logits, in fp32 whatever the autocast
+    dtype (the log-sum-exp over the vocabulary needs it)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 
 def chunk_rows(vocab_size: int, device_type: str) -> int:
-    """Tokens per chunk. CPU: about 4 M logits (16 MB in fp32): for an 8k vocabulary, of 128–1024 rows the
-    fastest in bf16 and within 3 % of the fastest in fp32 (bench/loss_head.py, docs/benchmarks.md). A GPU
-    takes bigger matmuls (64 M logits, 256 MB in fp32; not measured on a GPU yet)."""
+    """Tokens per chunk: about 4 M logits (16 MB in fp32) on a CPU, 64 M (256 MB) on a GPU, and never fewer
+    than 512 rows. The floor matters at large vocabularies: each chunk adds its part of the head's gradient
+    into the whole `vocab × hidden` fp32 accumulator, a memory pass that only enough rows per chunk amortise
+    (bench/loss_head.py at 4,096 × 128,256 on a CPU: bf16 forward+backward 10.4 s with 32 rows, 3.0 s with 512,
+    5.8 s for the plain loss). At 8k: 128–1024 rows the fastest in bf16, within 3 % of the fastest in fp32.
+    GPU sizes are not measured on a GPU yet."""
     budget = 1 << 26 if device_type == "cuda" else 1 << 22
-    return max(16, budget // vocab_size)
+    return max(512, budget // vocab_size)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """loss = mean over labels ≠ −100 of CE(hidden @ weightᵀ, labels); gradients computed in forward."""
+    """loss = mean (or sum) over labels ≠ −100 of CE(hidden @ weightᵀ, labels); gradients computed in forward
+    when `grads` (autograd's needs_input_grad does not see no_grad, which would triple an evaluation's work)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype,
-                rows: int) -> torch.Tensor:
+                rows: int, mean: bool, grads: bool) -> torch.Tensor:
         h, w = hidden.to(dtype), weight.to(dtype)
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_h, want_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         valid = labels != IGNORE
-        scale = 1.0 / valid.sum().clamp(min=1).float()
+        scale = 1.0 / valid.sum().clamp(min=1).float() if mean else torch.ones((), device=hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # One fp32 buffer for every chunk's logits: a fresh 16 MB tensor per chunk costs page faults on a CPU.
         buffer = torch.empty((min(rows, h.shape[0]), w.shape[0]), dtype=torch.float32, device=hidden.device)
@@ -95,18 +99,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return (grad_h * grad_out if grad_h is not None else None,
-                grad_w * grad_out if grad_w is not None else None, None, None, None)
+                grad_w * grad_out if grad_w is not None else None, None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         rows: int | None = None) -> torch.Tensor:
-    """Token-mean cross-entropy of `hidden @ weight.T` against `labels` (−100: no loss), never holding more than
-    `rows` tokens' logits. Matmuls run in the autocast dtype when autocast is on, the softmax always in fp32."""
+                         rows: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Token-mean (or, with reduction="sum", summed) cross-entropy of `hidden @ weight.T` against `labels` (−100:
+    no loss), never holding more than `rows` tokens' logits. Matmuls run in the autocast dtype when autocast is
+    on, the softmax always in fp32. Under no_grad only the loss is computed."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
     hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    rows = rows or chunk_rows(weight.shape[0], device_type)
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, labels, dtype, rows or chunk_rows(weight.shape[0], device_type))
+        return _LinearCrossEntropy.apply(hidden, weight, labels, dtype, rows, reduction == "mean",
+                                         torch.is_grad_enabled())
+
+
+# transformers causal LMs whose forward returns the output layer's result as the logits, unchanged (read in
+# their modeling code). Others post-process it — Gemma 2/3 soft-cap, Cohere and Granite scale the logits — and
+# would apply that to the loss; they get the plain loss.
+LOGITS_AS_IS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3", "gemma"})
 
 
 def fusable(head: nn.Module) -> bool:
@@ -116,14 +131,14 @@ def fusable(head: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _head_returns_loss(head: nn.Linear, labels: torch.Tensor) -> Iterator[None]:
+def _head_returns_loss(head: nn.Linear, labels: torch.Tensor, reduction: str) -> Iterator[None]:
     from torch.distributed.tensor import DTensor  # here, not at module level: `megalang plan` imports this module
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         weight = head.weight  # read at call time: FSDP2 has just unsharded it
         if isinstance(weight, DTensor):  # vocab-sharded (tensor parallel): the plain loss over the DTensor
-            return cross_entropy(F.linear(hidden, weight), labels)
-        return linear_cross_entropy(hidden, weight, labels)
+            return cross_entropy(F.linear(hidden, weight), labels, reduction)
+        return linear_cross_entropy(hidden, weight, labels, reduction=reduction)
 
     head.forward = forward
     try:
@@ -132,12 +147,14 @@ def _head_returns_loss(head: nn.Linear, labels: torch.Tensor) -> Iterator[None]:
         del head.forward
 
 
-def lm_loss(model: nn.Module, labels: torch.Tensor, **inputs) -> torch.Tensor:
-    """Token-mean next-token loss of a transformers causal LM on one batch (labels already shifted, −100: no
-    loss). The model runs through its own `__call__` (so FSDP2 and DDP hooks fire) with its output layer
-    returning the loss in place of the logits."""
+def lm_loss(model: nn.Module, labels: torch.Tensor, *, reduction: str = "mean", **inputs) -> torch.Tensor:
+    """Token-mean (or summed) next-token loss of a transformers causal LM on one batch (labels already shifted,
+    −100: no loss). The model runs through its own `__call__` (so FSDP2 and DDP hooks fire) with its output
+    layer returning the loss in place of the logits; evaluation (no_grad) gets the loss alone, so no
+    `tokens × vocab` logits there either."""
     head = model.get_output_embeddings()
-    if head is None or not fusable(head):
-        return cross_entropy(model(**inputs).logits, labels)
-    with _head_returns_loss(head, labels):
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if head is None or not fusable(head) or model_type not in LOGITS_AS_IS:
+        return cross_entropy(model(**inputs).logits, labels, reduction)
+    with _head_returns_loss(head, labels, reduction):
         return model(**inputs).logits

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from megalang.artifacts import MANIFEST, describe_input, fsync_dir, sha256_file, write_json_atomic, write_manifest
 from megalang.config import RunConfig
@@ -302,8 +301,7 @@ def evaluate_loss(t: Trainer) -> float | None:
         for input_ids, labels in batches:
             input_ids, labels = input_ids.to(t.device), labels.to(t.device)
             with t.autocast():
-                logits = t.model(input_ids=input_ids).logits
-            total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+                total += lm_loss(t.model, labels, reduction="sum", input_ids=input_ids)
             count += labels.numel()
     t.model.train()
     if t.dims is not None:
