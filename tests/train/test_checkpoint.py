@@ -296,23 +296,26 @@ def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="nice values are a POSIX feature")
-def test_what_the_saver_thread_starts_runs_at_the_lowest_priority():
-    """DCP's writer thread and writer process are started from the saver thread; Linux gives threads and
-    processes their creator's nice value, which is what keeps the write off the training cores' time."""
-    import subprocess
-    import sys
+def test_background_writer_runs_at_the_lowest_priority_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
     import threading
 
-    def started_from_saver():
-        seen = []
-        thread = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        thread.start()
-        thread.join()
-        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
-        return seen[0], int(child.stdout)
+    seen = []
+    real = ckpt._SyncedWriter.write_data
 
-    assert ckpt._saver().submit(started_from_saver).result() == (19, 19)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the calling (training) thread keeps its priority
+    def write_data(self, plan, planner):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(self, plan, planner)
+
+    monkeypatch.setattr(ckpt._SyncedWriter, "write_data", write_data)
+    model, opt, sched = trained(steps=1)
+    config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
+    pending = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(),
+                              tokens_seen=20, run_config=config, keep=2, async_save=True, async_writer="thread")
+    pending.finish()
+    ckpt.release_staging()
+    save(tmp_path, 4, model, opt, sched)  # a sync save writes in the calling thread, which keeps its priority
+    assert seen == [19, 0]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the training thread is untouched
 
 
 def test_shared_memory_too_small_for_the_writer_process_is_one_clear_error(tmp_path):
@@ -335,3 +338,22 @@ def test_auto_async_writer_is_a_process_beside_a_gpu_and_a_thread_on_a_cpu():
     assert async_writer(cfg("async_writer=thread"), cuda) == "thread"
     assert not writer_process(cfg(), cuda)  # no async_save: no writer at all
     assert writer_process(cfg("async_save=true"), cuda) and not writer_process(cfg("async_save=true"), cpu)
+
+
+def test_background_save_group_gets_the_run_collective_timeout(monkeypatch):
+    """A new group does not inherit the default group's timeout (gloo's own is 30 min): a rank that dies during
+    an async save must fail the others within parallel.timeout_s, as in training."""
+    import datetime
+
+    from megalang.parallel.distributed import maybe_init_process_group
+
+    group = maybe_init_process_group("cpu", alone=True)
+    try:
+        made = []
+        real = torch.distributed.new_group
+        monkeypatch.setattr(torch.distributed, "new_group", lambda **kw: made.append(kw) or real(**kw))
+        assert ckpt._async_group(42.0) is ckpt._async_group(42.0)  # made once per default group
+        assert made == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}]
+    finally:
+        ckpt._ASYNC_GROUPS.clear()
+        group.close()

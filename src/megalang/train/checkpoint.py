@@ -20,7 +20,6 @@ import re
 import shutil
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 from megalang.artifacts import fsync_dir, read_json, write_json_atomic
 from megalang.errors import UserError
 from megalang.parallel.distributed import barrier
+from megalang.parallel.timeouts import collective_timeout
 from megalang.safe_load import load_dcp
 from megalang.train.checkpoint_integrity import (
     COMPLETE,
@@ -118,15 +118,17 @@ def _rank() -> int:
 _ASYNC_GROUPS: dict[Any, Any] = {}
 
 
-def _async_group():
+def _async_group(timeout_s: float | None):
     """A gloo group of its own for background saves: sharing the training group would interleave the save's
-    collectives with the training step's and hang (torchtitan does the same)."""
+    collectives with the training step's and hang (torchtitan does the same). It gets the run's collective
+    timeout (parallel.timeout_s): a new group does not inherit the default group's, and gloo's own is 30 min."""
     if not torch.distributed.is_initialized():
         return None
     default = torch.distributed.group.WORLD
     if default not in _ASYNC_GROUPS:
         _ASYNC_GROUPS.clear()  # a group from an earlier (destroyed) default group is dead
-        _ASYNC_GROUPS[default] = torch.distributed.new_group(backend="gloo")
+        timeout = collective_timeout(timeout_s) if timeout_s else None
+        _ASYNC_GROUPS[default] = torch.distributed.new_group(backend="gloo", timeout=timeout)
     return _ASYNC_GROUPS[default]
 
 
@@ -178,7 +180,6 @@ def environment_failures(folder: Path):
 
 
 _STAGERS: dict[bool, Any] = {}  # by writer: a process reads shared memory, a thread plain host memory
-_SAVER: ThreadPoolExecutor | None = None
 
 
 def _background_stager(process: bool):
@@ -205,29 +206,16 @@ def _background_stager(process: bool):
 def check_shared_memory(nbytes: int, shm: Path = Path("/dev/shm")) -> None:
     """A writer process (checkpoint.async_writer=process) maps the staged state from shared memory, which on
     Linux is the /dev/shm tmpfs; a container's default there (Docker: 64 MiB) would fail the first save,
-    possibly hours into the run. The trainer calls this at setup with the state's size on this rank."""
+    possibly hours into the run. The trainer calls this at setup with the state of all ranks on this node."""
     if not shm.is_dir():
         return  # no tmpfs to measure (macOS keeps POSIX shared memory elsewhere)
     free = shutil.disk_usage(shm).free
     if free < nbytes:
         raise UserError(
-            f"checkpoint.async_writer=process stages {nbytes / 2**30:.2f} GiB of model and optimizer state in "
+            f"checkpoint.async_writer=process stages {nbytes / 2**30:.2f} GiB of model and optimizer state (this "
+            f"node's ranks together) in "
             f"{shm}, which has {free / 2**30:.2f} GiB free; enlarge it (docker run --shm-size=...) or set "
             "checkpoint.async_writer=thread")
-
-
-def _saver() -> ThreadPoolExecutor:
-    """The thread async saves start from, at the lowest CPU priority (nice 19). Linux threads and processes
-    inherit their creator's priority, so what DCP starts from here inherits it: its writer thread, or its
-    writer process and the hashing threads in it, which then yield contended cores to training (a concurrent
-    forward/backward slowed by 0.51–0.69 s with a plain background write, 0.03–0.25 s at nice 19). Where
-    training keeps every core busy the write's CPU time still comes out of training (docs/benchmarks.md);
-    beside a GPU the cores are idle and nothing changes."""
-    global _SAVER
-    if _SAVER is None:
-        _SAVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalang-save",
-                                    initializer=_lowest_cpu_priority)
-    return _SAVER
 
 
 def release_staging() -> None:
@@ -240,7 +228,9 @@ def release_staging() -> None:
 
     writer, process_executor._CHECKPOINT_PROCESS = process_executor._CHECKPOINT_PROCESS, None
     if writer is not None:
-        writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
+        with contextlib.suppress(OSError):  # a writer that already exited has closed its end of the pipe
+            writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
+        writer._save_process.join(timeout=5)  # reaped, after a SIGTERM too
 
 
 def save_checkpoint(
@@ -257,6 +247,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     async_save: bool = False,
     async_writer: str = "process",
+    timeout_s: float | None = None,
 ) -> Path | PendingSave:
     """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
 
@@ -264,6 +255,7 @@ def save_checkpoint(
     staged in host memory, and the caller must `finish()` the returned PendingSave before the next save.
     `async_writer="process"` writes from a process of DCP's (which needs a process group; see
     parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one.
+    `timeout_s` bounds the background save's collectives (parallel.timeout_s; None: gloo's default).
     """
     root = checkpoints_dir(run_dir)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
@@ -278,7 +270,7 @@ def save_checkpoint(
         _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
 
     process = async_save and async_writer == "process"
-    writer = _SyncedWriter(tmp, step, process=process)
+    writer = _SyncedWriter(tmp, step, background=async_save, process=process)
 
     def finalize() -> Path:
         digests = _gather_digests(writer.written_digests())  # every rank calls finalize (after the save, or in finish())
@@ -291,10 +283,9 @@ def save_checkpoint(
     with _quiet_dcp():
         if async_save:
             kind = AsyncCheckpointerType.PROCESS if process else AsyncCheckpointerType.THREAD
-            response = _saver().submit(
-                dcp.async_save, {"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer,
-                process_group=_async_group(), async_checkpointer_type=kind,
-                async_stager=_background_stager(process)).result()
+            response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
+                                      storage_writer=writer, process_group=_async_group(timeout_s),
+                                      async_checkpointer_type=kind, async_stager=_background_stager(process))
             return PendingSave(response, finalize, tmp)
         with environment_failures(tmp):
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
@@ -316,13 +307,15 @@ class _SyncedWriter(dcp.FileSystemWriter):
     on its own copy of this object, so there the digests come back through a file beside the shards, which
     `written_digests` reads and removes before the checkpoint is described."""
 
-    def __init__(self, path: Path, step: int, process: bool = False):
+    def __init__(self, path: Path, step: int, background: bool = False, process: bool = False):
         super().__init__(path, sync_files=True)
-        self.step, self.process = step, process
+        self.step, self.background, self.process = step, background, process
         self.trainer_pid = os.getpid()  # a fault injected in a writer process kills the trainer too
         self.digests: dict[str, str] = {}
 
     def set_up_storage_writer(self, *args, **kwargs) -> None:
+        if self.background:  # the first call DCP makes in its writer thread or process, before planning and writing
+            _lowest_cpu_priority()
         if self.process:  # DCP sets its writer process's root logger to INFO; keep its per-save lines off stderr
             logging.getLogger().setLevel(logging.WARNING)
         super().set_up_storage_writer(*args, **kwargs)
@@ -353,7 +346,10 @@ class _SyncedWriter(dcp.FileSystemWriter):
 
 
 def _lowest_cpu_priority() -> None:
-    """Run the calling thread (and the threads and processes it starts) at nice 19. Linux sets nice per
+    """Run the calling thread (DCP's background writer, and the hashing threads it starts, which inherit it) at
+    nice 19, so it yields contended cores to training: a concurrent forward/backward slowed by 0.51–0.69 s with
+    a plain background write, 0.03–0.25 s at nice 19. Where training keeps every core busy the write's CPU
+    time still comes out of training (docs/benchmarks.md); beside a GPU the cores are idle. Linux sets nice per
     thread; elsewhere this is a no-op."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)

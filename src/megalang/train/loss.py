@@ -11,7 +11,9 @@ FusedLinearCrossEntropy and Wijmans et al. 2024 ("Cut Your Losses"), in plain Py
 
 `lm_loss(model, labels, **inputs)` runs a transformers causal LM with its output layer computing this loss.
 It falls back to logits + `F.cross_entropy` where the head is not a plain bias-free Linear, where hooks watch
-the head (Opacus' per-sample gradients), and where the weight is a tensor-parallel DTensor (vocab-sharded).
+the head (Opacus' per-sample gradients), where the weight is a tensor-parallel DTensor (vocab-sharded), and for
+architectures that transform the output layer's result (soft-capping, scaling). Evaluation uses it too, with
+`reduction="sum"`, and under no_grad computes the loss alone.
 """
 
 from __future__ import annotations

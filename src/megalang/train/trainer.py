@@ -166,6 +166,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                     raise SystemExit(f"{FAULT_ENV}={fault_at}: stopping after step {fault_at} (fault injection)")
         summary = finish(t, time.perf_counter() - started)
     finally:
+        release_staging()  # after a failure too: the writer process must not outlive the run
         t.sink.close()
         t.group.close()
     return summary
@@ -371,6 +372,7 @@ def maybe_save(t: Trainer) -> None:
         tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
         extra={"health": t.health.state_dict(), **({"scaler": t.scaler.state_dict()} if t.scaler else {})},
         async_save=t.cfg.checkpoint.async_save, async_writer=async_writer(t.cfg, t.device),
+        timeout_s=t.cfg.parallel.timeout_s,
     )
     t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
@@ -443,8 +445,9 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
         model = built.model
     optimizer = build_optimizer(model, cfg.train)
-    if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones
-        check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters()))
+    if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
+        check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters())
+                            * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     ft = None
     if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
         optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
