@@ -133,8 +133,9 @@ def _async_group(timeout_s: float | None):
 
 
 class PendingSave:
-    """An async checkpoint in flight: its tensors are being written by DCP's background thread; `finish()`
-    waits for them, then marks it complete. Until then the previous checkpoint stays the newest one."""
+    """An async checkpoint in flight: its tensors are being written by DCP's background writer (a thread or a
+    process); `finish()` waits for them, then marks it complete. Until then the previous checkpoint stays the
+    newest one."""
 
     def __init__(self, response, finalize, folder: Path):
         self.folder = folder  # the step-N.tmp/ being written, named if the write fails
