@@ -88,8 +88,8 @@ def main() -> None:
 
         entry["eval_plain_ms"] = round(best_of(lambda: evaluate(plain_sum), args.repeats) * 1e3, 1)
         entry["eval_chunked_ms"] = round(best_of(lambda: evaluate(chunked_sum), args.repeats) * 1e3, 1)
-        entry["eval_relative_difference"] = float(
-            (evaluate(chunked_sum) - evaluate(plain_sum)).abs() / evaluate(plain_sum).abs())
+        plain_loss = evaluate(plain_sum)
+        entry["eval_relative_difference"] = float((evaluate(chunked_sum) - plain_loss).abs() / plain_loss.abs())
         result[precision] = entry
     print(json.dumps(result))
 

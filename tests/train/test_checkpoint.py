@@ -52,10 +52,10 @@ def trained(seed=0, steps=2):
     return model, opt, sched
 
 
-def save(run, step, model, opt, sched, keep=2, consumed=0):
+def save(run, step, model, opt, sched, keep=2, consumed=0, **options):
     config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
     return save_checkpoint(run, step, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed),
-                           tokens_seen=step * 10, run_config=config, keep=keep)
+                           tokens_seen=step * 10, run_config=config, keep=keep, **options)
 
 
 def test_round_trip_restores_everything(tmp_path):
@@ -273,9 +273,7 @@ def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
     model, opt, sched = trained(steps=1)
     group = maybe_init_process_group("cpu", alone=writer == "process")
     try:
-        config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
-        pending = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(),
-                                  tokens_seen=20, run_config=config, keep=2, async_save=True, async_writer=writer)
+        pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer=writer)
         assert isinstance(pending, ckpt.PendingSave)
         pending.wait_staged()
         path = pending.finish()
@@ -308,9 +306,7 @@ def test_background_writer_runs_at_the_lowest_priority_and_the_caller_keeps_its_
 
     monkeypatch.setattr(ckpt._SyncedWriter, "write_data", write_data)
     model, opt, sched = trained(steps=1)
-    config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
-    pending = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(),
-                              tokens_seen=20, run_config=config, keep=2, async_save=True, async_writer="thread")
+    pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer="thread")
     pending.finish()
     ckpt.release_staging()
     save(tmp_path, 4, model, opt, sched)  # a sync save writes in the calling thread, which keeps its priority

@@ -166,7 +166,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                     raise SystemExit(f"{FAULT_ENV}={fault_at}: stopping after step {fault_at} (fault injection)")
         summary = finish(t, time.perf_counter() - started)
     finally:
-        release_staging()  # after a failure too: the writer process must not outlive the run
+        release_staging()  # host copies and the writer process end with the run, a failed one too
         t.sink.close()
         t.group.close()
     return summary
@@ -613,7 +613,6 @@ def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
 def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """summary.json, then manifest.json (the last file: it hashes everything else)."""
     finish_pending_save(t)
-    release_staging()
     barrier()  # every rank's last checkpoint shards are on disk before rank 0 hashes the folder
     summary = build_summary(t, wall_seconds)
     if t.group.rank != 0:
