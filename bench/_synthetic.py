@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megalang.artifacts import describe_input, sha256_file, write_manifest
 from megalang.data.shards import ShardWriter, token_dtype
+from megalang.store.files import sha256_file
+from megalang.store.manifest import describe_input, write_manifest
 
 
 def synthetic_shards(root: Path, train_tokens: int, vocab: int, val_tokens: int = 100_000,

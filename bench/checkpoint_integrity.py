@@ -43,8 +43,8 @@ def main() -> None:
 
     from megalang.config import ModelConfig, TrainSection
     from megalang.model.build import build_model
+    from megalang.store.checkpoints import describe_checkpoint_files
     from megalang.train import checkpoint as ckpt
-    from megalang.train.checkpoint_integrity import describe_checkpoint_files
     from megalang.train.optim import build_optimizer, build_scheduler
 
     class Loader:  # the loader state a checkpoint records; no data is needed to time a save

@@ -59,7 +59,8 @@ def make_corpus(root: Path, copies: int, seed: int = 0) -> tuple[Path, int, dict
 
 def run_megalang(corpus: Path, out: Path, workers: int, min_similarity: float) -> tuple[float, set[str]]:
     from megalang.config import PrepareConfig
-    from megalang.data.pipeline import iter_prepared, prepare
+    from megalang.data.documents import iter_prepared
+    from megalang.data.pipeline import prepare
 
     cfg = PrepareConfig(inputs=[str(corpus)], out=str(out), steps=["quality", "near_dedup"], workers=workers,
                         quality_filters={"web": ["gopher_repetition", "gopher_quality", "c4", "fineweb"]},
@@ -72,12 +73,21 @@ def run_megalang(corpus: Path, out: Path, workers: int, min_similarity: float) -
 
 def run_datatrove(corpus: Path, work: Path, workers: int) -> tuple[float, set[str], int]:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
-
     from datatrove.utils.hashing import HashConfig
 
     # sha1: datatrove 0.10's xxhash path passes str, which xxhash 4.x rejects ("Strings must be encoded").
@@ -118,7 +128,7 @@ def main() -> None:
         corpus, nbytes, family = make_corpus(root, args.copies)
         ours_s, ours_kept = run_megalang(corpus, root / "megalang", args.workers, args.min_similarity)
         theirs_s, theirs_kept, theirs_after_filters = run_datatrove(corpus, root / "datatrove", args.workers)
-        from megalang.data.pipeline import read_prepared_manifest
+        from megalang.data.documents import read_prepared_manifest
 
         counts = read_prepared_manifest(root / "megalang")["counts"]
         ours_after_filters = counts["documents_in"] - counts["removed_quality"]

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from megalang.artifacts import sha256_file
 from megalang.data import integrity
+from megalang.store.files import sha256_file
 
 
 def write_files(root: Path, files: int, mb: int) -> dict:

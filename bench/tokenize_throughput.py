@@ -29,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from megalang.config import PrepareConfig, TokenizeConfig, TokenizerTrainConfig
-    from megalang.data.pipeline import iter_prepared, prepare
+    from megalang.data.documents import iter_prepared
+    from megalang.data.pipeline import prepare
     from megalang.data.tokenize import tokenize
     from megalang.data.tokenizer import load_tokenizer, train_tokenizer
     from megalang.demo import EXCLUDE, VAL_MODULES, stdlib_dir

@@ -4,17 +4,10 @@ import json
 
 import pytest
 
-from megalang.artifacts import (
-    MANIFEST,
-    describe_input,
-    lineage,
-    read_manifest,
-    sha256_file,
-    staging_dir,
-    verify,
-    write_manifest,
-)
+from megalang.cli.artifacts import verify
 from megalang.errors import UserError
+from megalang.store.files import sha256_file, staging_dir
+from megalang.store.manifest import MANIFEST, describe_input, lineage, read_manifest, write_manifest
 
 
 def make_chain(tmp_path):

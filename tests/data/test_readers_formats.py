@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from megalang.config import PrepareConfig
-from megalang.data.pipeline import iter_prepared, prepare
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare
 from megalang.data.readers import find_input_files, read_documents
 from megalang.errors import UserError
 

@@ -10,7 +10,8 @@ import pytest
 
 from megalang.config import PrepareConfig
 from megalang.data.decontaminate import build_index
-from megalang.data.pipeline import iter_prepared, prepare
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare
 from megalang.data.scrub import KINDS, luhn_ok, scrub
 
 PLANTED = [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megalang.artifacts import staging_dir, write_manifest
 from megalang.data.shards import ShardWriter, open_split, read_shard_manifest, token_dtype
 from megalang.errors import UserError
+from megalang.store.files import staging_dir
+from megalang.store.manifest import write_manifest
 
 DOCS = [np.arange(start, start + n) for start, n in [(0, 5), (100, 3), (200, 7), (300, 1), (400, 4)]]
 

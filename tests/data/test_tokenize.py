@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megalang.artifacts import sha256_file, verify
+from megalang.cli.artifacts import verify
 from megalang.config import PrepareConfig, TokenizeConfig
-from megalang.data.pipeline import iter_prepared, prepare
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare
 from megalang.data.shards import open_split, read_shard_manifest
-from megalang.data.tokenize import SplitRouter, source_matches, tokenize
+from megalang.data.sources import source_matches
+from megalang.data.tokenize import SplitRouter, tokenize
 from megalang.data.tokenizer import load_tokenizer
 from megalang.errors import UserError
+from megalang.store.files import sha256_file
 
 
 def test_manifest_has_the_fields_training_reads(shards_dir, tokenizer_dir, prepared_dir, tokenizer_vocab):

@@ -10,7 +10,7 @@ import sentencepiece as spm
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from megalang.artifacts import verify
+from megalang.cli.artifacts import verify
 from megalang.config import TokenizerTrainConfig
 from megalang.data.tokenizer import (
     load_hf_tokenizer,

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from dist.conftest import LAUNCH_TIMEOUT, STEPS, common_overrides
-from megalang.train.checkpoint import COMPLETE, complete_checkpoints, load_trained_model
+from megalang.store.checkpoints import complete_checkpoints
+from megalang.store.run_dir import COMPLETE
+from megalang.train.checkpoint import load_trained_model
 from megalang.train.faults import FAULT_SAVE_ENV
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]

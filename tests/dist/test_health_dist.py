@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from megalang.train.checkpoint import complete_checkpoints
-from megalang.train.faults import FAULT_LOSS_ENV
-
 from dist.conftest import LAUNCH_TIMEOUT, common_overrides
+from megalang.store.checkpoints import complete_checkpoints
+from megalang.train.faults import FAULT_LOSS_ENV
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 

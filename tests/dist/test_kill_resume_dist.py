@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from megalang.train.checkpoint import complete_checkpoints
 from train.killing import (
     GLOBAL_BATCH_SAMPLES,
     assert_bitwise_equal_runs,
@@ -22,6 +20,8 @@ from train.killing import (
     run_to_completion,
     train_command,
 )
+
+from megalang.store.checkpoints import complete_checkpoints
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.timeout(900)]
 

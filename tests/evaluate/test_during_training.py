@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
-
 from evalsets import write_jsonl
-from megalang.artifacts import describe_input, sha256_file, write_manifest
+
 from megalang.config import RunConfig
 from megalang.data.shards import ShardWriter
 from megalang.errors import UserError
+from megalang.store.files import sha256_file
+from megalang.store.manifest import describe_input, write_manifest
 
 VOCAB = 64
 

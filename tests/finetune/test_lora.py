@@ -57,7 +57,7 @@ def test_merged_export_loads_in_plain_transformers(lora_run, tmp_path):
 
     from megalang.export import export
     from megalang.model.lora import load_lora_checkpoint
-    from megalang.train.checkpoint import find_checkpoint, read_run_config
+    from megalang.store.checkpoints import find_checkpoint, read_run_config
 
     run, _ = lora_run
     export(run, tmp_path / "merged", merge=True)

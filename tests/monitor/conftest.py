@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megalang.artifacts import describe_input, sha256_file, write_manifest
 from megalang.config import RunConfig
 from megalang.data.shards import ShardWriter
+from megalang.store.files import sha256_file
+from megalang.store.manifest import describe_input, write_manifest
 
 
 def make_random_shards(root: Path, vocab: int, docs: int = 300, seed: int = 0) -> Path:

@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from megalang.artifacts import sha256_file
-
 from megalang.config import ModelConfig, RunConfig, TrainSection
 from megalang.errors import UserError
 from megalang.model.build import build_model
+from megalang.store.checkpoints import apply_retention, complete_checkpoints, latest_complete
+from megalang.store.files import sha256_file
 from megalang.train import checkpoint as ckpt
-from megalang.train.checkpoint import (
-    apply_retention,
-    complete_checkpoints,
-    latest_complete,
-    load_checkpoint,
-    load_trained_model,
-    save_checkpoint,
-)
+from megalang.train.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from megalang.train.optim import build_optimizer, build_scheduler
 
 TRAIN = TrainSection(max_steps=20, warmup_steps=2, lr=1e-2)
@@ -220,16 +213,16 @@ def test_dcp_files_are_written_with_fsync(tmp_path, monkeypatch):
 def test_each_file_is_hashed_once_per_save(tmp_path, monkeypatch):
     """The tensor files are hashed by the rank that wrote them, inside DCP's write (the background thread
     with async_save), and not read back a second time when COMPLETE.json is written."""
-    from megalang import artifacts
+    from megalang.store import files
 
     hashed = []
-    real = artifacts.sha256_file
+    real = files.sha256_file
 
     def counting(path):
         hashed.append(os.path.basename(path))
         return real(path)
 
-    monkeypatch.setattr(artifacts, "sha256_file", counting)
+    monkeypatch.setattr(files, "sha256_file", counting)
     path = save(tmp_path, 2, *trained(steps=1))
     assert sorted(hashed) == sorted(p.name for p in path.iterdir() if p.name != "COMPLETE.json")
 
@@ -237,16 +230,18 @@ def test_each_file_is_hashed_once_per_save(tmp_path, monkeypatch):
 def test_run_manifest_takes_checkpoint_hashes_from_complete_json(tmp_path, monkeypatch):
     """The run's final manifest does not read checkpoints back (they were hashed when saved), records the
     hashes COMPLETE.json vouches for, and so `verify` still catches a byte flipped after the save."""
-    from megalang import artifacts
-    from megalang.train.checkpoint_integrity import recorded_files
+    from megalang.cli.artifacts import verify
+    from megalang.store import files
+    from megalang.store.checkpoints import recorded_files
+    from megalang.store.manifest import write_manifest
 
     model, opt, sched = trained(steps=1)
     path = save(tmp_path, 2, model, opt, sched)
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     hashed = []
-    real = artifacts.sha256_file
-    monkeypatch.setattr(artifacts, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
-    manifest = artifacts.write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    manifest = write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
     assert sorted(hashed) == [path / "COMPLETE.json", tmp_path / "metrics.jsonl"]  # COMPLETE.json is not in itself
     monkeypatch.undo()
     ckpt_files = {rel: info for rel, info in manifest["files"].items() if rel.startswith("checkpoints/")}
@@ -255,8 +250,8 @@ def test_run_manifest_takes_checkpoint_hashes_from_complete_json(tmp_path, monke
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    artifacts.write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
-    assert any(victim.name in problem for problem in artifacts.verify(tmp_path))
+    write_manifest(tmp_path, "train", {}, [], {}, known_files=recorded_files(tmp_path))
+    assert any(victim.name in problem for problem in verify(tmp_path))
 
 
 # --- async saves: the writer process and the writer thread --------------------------------------------

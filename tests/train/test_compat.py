@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from megalang.cli import app
 from megalang.config import RunConfig
 from megalang.errors import UserError
+from megalang.store.run_dir import RunDir
 from megalang.train import compat
 from megalang.train.optim import lr_factor
 from megalang.train.trainer import resolved_run_config
@@ -100,7 +101,7 @@ def test_benign_changes_resume_take_effect_and_are_logged(four_steps, shards, tm
                        checkpoint={"every": 2, "keep": 3})
     summary, _ = train_capturing_weights(cfg)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 6
-    record = json.loads((run / compat.RESUMES_FILE).read_text().splitlines()[-1])
+    record = json.loads(RunDir(run).resumes.read_text().splitlines()[-1])
     assert record["step"] == 4 and record["changes"]["train.max_steps"] == [4, 6]
     assert record["changes"]["train.lr"] == [3e-3, 1e-3] and record["changes"]["checkpoint.keep"] == [2, 3]
     assert record["changes"]["data.shards"] == [str(shards), str(moved)]

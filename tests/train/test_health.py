@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from megalang.cli import app
-from megalang.train.checkpoint import complete_checkpoints, load_trained_model
+from megalang.store.checkpoints import complete_checkpoints
+from megalang.train.checkpoint import load_trained_model
 from megalang.train.faults import FAULT_LOSS_ENV, loss_faults
 from megalang.train.health import HealthGuard, NumericalError
 

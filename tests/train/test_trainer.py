@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from megalang.artifacts import lineage, verify
+from megalang.cli.artifacts import verify
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
 from megalang.monitor.metrics import read_metrics
+from megalang.store.manifest import lineage
 from megalang.train.checkpoint import load_trained_model
 from megalang.train.trainer import train
 

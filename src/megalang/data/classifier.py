@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from megalang.artifacts import read_manifest, sha256_file, staging_dir, write_manifest
 from megalang.config import ClassifierTrainConfig
 from megalang.errors import UserError
 from megalang.jsonl import json_objects
+from megalang.store.files import sha256_file, staging_dir
+from megalang.store.manifest import read_manifest, write_manifest
 
 STAGE = "data.classifier"
 WEIGHTS = "classifier.safetensors"

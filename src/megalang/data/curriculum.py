@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from megalang.artifacts import sha256_file
 from megalang.config import CurriculumConfig
+from megalang.data.documents import read_prepared_manifest
 from megalang.data.shards import ShardWriter
 from megalang.errors import UserError
+from megalang.store.files import sha256_file
 
 _SCRATCH = ".curriculum"  # inside the staging folder; removed before the manifest hashes the folder
 
@@ -78,9 +79,8 @@ def load_score_file(path: str | Path, column: str) -> dict[str, float]:
     if not path.is_file():
         raise UserError(f"curriculum.scores: {path} not found; give a Parquet or JSONL file with id and {column}")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             names = pq.read_schema(path).names
@@ -214,8 +214,6 @@ def staged_permutation(seed: int, bounds: list[int]) -> np.ndarray:
 def resolved_mixture(prepared_root: str | Path) -> dict[str, Any]:
     """The prepare stage's source weights, carried into the shard manifest so training data is described in one
     place: a weight is the number of passes (epochs) over that source's documents per pass over the shards."""
-    from megalang.data.pipeline import read_prepared_manifest
-
     mixture = read_prepared_manifest(prepared_root).get("mixture")
     if not mixture:
         return {}

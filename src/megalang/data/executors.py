@@ -92,7 +92,8 @@ class Progress:
     """A rich progress bar over input bytes, showing documents/s and MB/s."""
 
     def __init__(self, total_bytes: int):
-        from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
 
         self.start = time.perf_counter()
         self.docs = self.bytes = 0

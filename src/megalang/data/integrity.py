@@ -20,8 +20,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from megalang.artifacts import MANIFEST, artifact_file, sha256_files, write_json_atomic
 from megalang.errors import UserError
+from megalang.store.files import sha256_files, write_json_atomic
+from megalang.store.manifest import MANIFEST, artifact_file
 
 CACHE_FILE = "shard-sha256.json"
 

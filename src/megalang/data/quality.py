@@ -11,7 +11,6 @@ repetition counts run on integer n-gram keys in numpy instead of joined strings.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import re
 import zlib
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 
 from megalang.data import _spacy_en as _spacy
 from megalang.data._charsets import PUNCTUATION_SET, SENTENCE_END, TERMINAL_PUNCTUATION
+from megalang.data.sources import source_matches
 from megalang.errors import UserError
 
 KINDS = ("web", "books", "code", "chat")
@@ -516,7 +516,7 @@ def infer_kind(source: str, overrides: dict[str, str] | None = None, default: st
     """The source kind of a document: a matching `kinds` glob wins, then `default` unless it is "auto",
     then the file type (code suffix → code, plain text → books, JSONL/Parquet/HF datasets → web)."""
     for pattern, kind in (overrides or {}).items():
-        if fnmatch.fnmatchcase(source, pattern) or fnmatch.fnmatchcase(source, f"*/{pattern}"):
+        if source_matches(source, pattern):  # data/sources.py: the whole path or any trailing part of it
             return kind
     if default != "auto":
         return default

@@ -8,7 +8,6 @@ a one-line `UserError` that names the file (and line) and says what to do.
 from __future__ import annotations
 
 import bz2
-import fnmatch
 import glob
 import gzip
 import io
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megalang.data.sources import matches_any
 from megalang.errors import UserError
 
 TEXT_EXTENSIONS = frozenset(
@@ -170,7 +170,7 @@ def _walk(root: Path, exclude: Sequence[str]) -> list[Path]:
 
 
 def _excluded(path: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+    return matches_any(path, patterns)  # data/sources.py: the whole path or any trailing part of it
 
 
 # --- readers ----------------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_dir, write_manifest
 from megalang.config import SftTokenizeConfig
 from megalang.data.loader import PositionalLoader
 from megalang.data.shards import ShardWriter, open_split, token_dtype
 from megalang.errors import UserError
 from megalang.jsonl import parse_object
+from megalang.store.files import sha256_file, staging_dir
+from megalang.store.manifest import MANIFEST, describe_input, write_manifest
 
 ROLES = ("system", "user", "assistant")
 MASK_SUFFIX = ".mask"

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from megalang.artifacts import artifact_file, read_manifest
 from megalang.errors import UserError, naming
+from megalang.store.manifest import artifact_file, read_manifest
 
 SPLITS = ("train", "val")
 

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hashlib
-import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from megalang.artifacts import MANIFEST, describe_input, sha256_file, staging_dir, write_manifest
 from megalang.config import TokenizeConfig
 from megalang.data import curriculum as cur
-from megalang.data.pipeline import iter_prepared, read_prepared_manifest
+from megalang.data.documents import iter_prepared, read_prepared_manifest
 from megalang.data.shards import SPLITS, ShardWriter, token_dtype
+from megalang.data.sources import matches_any
 from megalang.data.tokenizer import load_tokenizer, read_tokenizer_manifest
 from megalang.errors import UserError
+from megalang.store.files import sha256_file, staging_dir
+from megalang.store.manifest import MANIFEST, describe_input, write_manifest
 
 STAGE = "data.tokenize"
 _SPECIAL_IDS = ("bos_id", "eos_id", "pad_id", "unk_id")
@@ -35,7 +35,6 @@ class SplitRouter:
     def __init__(self, val_sources: list[str], val_fraction: float):
         self.patterns = list(val_sources)
         self.threshold = int(val_fraction * 2**64)
-        self.any_pattern = glob_regex(tuple(self.patterns))
         # Documents from one JSONL/Parquet file share a source: match each path once.
         self.source_is_val = functools.lru_cache(maxsize=65536)(self._source_is_val)
 
@@ -49,24 +48,7 @@ class SplitRouter:
         return int.from_bytes(digest[:8], "big") < self.threshold
 
     def _source_is_val(self, source: str) -> bool:
-        return any(self.any_pattern(t) for t in path_and_tails(source))
-
-
-def source_matches(source: str, pattern: str) -> bool:
-    """fnmatch on the whole path or on any tail of it, so both `*/json/*` and `json/*.py` work."""
-    match = glob_regex((pattern,))
-    return any(match(t) for t in path_and_tails(source))
-
-
-def path_and_tails(source: str) -> list[str]:
-    parts = PurePosixPath(source).parts
-    return [source] + ["/".join(parts[i:]) for i in range(len(parts))]
-
-
-@functools.lru_cache(maxsize=256)
-def glob_regex(patterns: tuple[str, ...]):
-    """One compiled regex for "matches any of these globs" (fnmatchcase semantics)."""
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)").match
+        return matches_any(source, self.patterns)
 
 
 def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:

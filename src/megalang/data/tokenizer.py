@@ -12,10 +12,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from megalang.artifacts import MANIFEST, describe_input, read_manifest, staging_dir, write_manifest
 from megalang.config import TokenizerTrainConfig
-from megalang.data.pipeline import iter_prepared, read_prepared_manifest
+from megalang.data.documents import iter_prepared, read_prepared_manifest
 from megalang.errors import UserError
+from megalang.store.files import staging_dir
+from megalang.store.manifest import MANIFEST, describe_input, read_manifest, write_manifest
 
 STAGE = "tokenizer.train"
 SPECIAL_TOKENS = {"unk": (0, "<unk>"), "bos": (1, "<s>"), "eos": (2, "</s>"), "pad": (3, "<pad>")}

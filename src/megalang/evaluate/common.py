@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from megalang import __version__
-from megalang.artifacts import sha256_file, write_json_atomic
 from megalang.errors import UserError
 from megalang.jsonl import json_objects
+from megalang.store.files import sha256_file, write_json_atomic
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from megalang.config import EvalSetConfig
 
 
@@ -66,8 +65,9 @@ def _scorer(model, run_dir: Path, seq_len: int):
 @functools.lru_cache(maxsize=4)
 def _tokenizer(run_dir: str):
     from megalang.data.tokenizer import load_hf_tokenizer
+    from megalang.store.run_dir import RunDir
 
-    return load_hf_tokenizer(Path(run_dir) / "tokenizer")
+    return load_hf_tokenizer(RunDir(Path(run_dir)).tokenizer)
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from megalang import __version__
-from megalang.artifacts import MANIFEST, sha256_file, write_json_atomic
 from megalang.data.shards import TokenSplit, open_split, read_shard_manifest
 from megalang.errors import UserError
 from megalang.jsonl import json_objects
+from megalang.store.files import sha256_file, write_json_atomic
+from megalang.store.manifest import MANIFEST
 from megalang.train.loss import lm_loss
 
 
@@ -95,8 +96,9 @@ def perplexity(
 def _default_seq_len(loaded) -> int:
     if loaded.kind == "run":
         from megalang.config import RunConfig, load_config
+        from megalang.store.run_dir import RunDir
 
-        return load_config(RunConfig, loaded.path / "config.yaml").train.seq_len
+        return load_config(RunConfig, RunDir(loaded.path).config).train.seq_len
     return min(getattr(loaded.model.config, "max_position_embeddings", 1024), 1024)
 
 

@@ -15,7 +15,15 @@ from typing import Any
 from megalang.errors import UserError
 from megalang.evaluate import choice as choice_eval
 from megalang.evaluate import classify as classify_eval
-from megalang.evaluate.common import CHOICE, CLASSIFY, check_schema, load_scorer, read_jsonl, result_header, write_result
+from megalang.evaluate.common import (
+    CHOICE,
+    CLASSIFY,
+    check_schema,
+    load_scorer,
+    read_jsonl,
+    result_header,
+    write_result,
+)
 
 # QWERTY neighbours: the typos a hurried typist makes.
 KEYBOARD = {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from megalang.errors import UserError
+from megalang.store.run_dir import RunDir
 
 
 @dataclass
@@ -17,22 +18,18 @@ class LoadedModel:
     path: Path
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "checkpoints").is_dir() or (path / "config.yaml").is_file()
-
-
 def load_model_for_inference(path: str | Path, step: int | None = None, field: str = "--model") -> LoadedModel:
     """A run folder (newest complete checkpoint, or `step`), a Hugging Face folder with config.json (safetensors
     weights only), or a .gguf file. `field` names the option in error messages."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
-    if path.is_dir() and is_run_dir(path):
+    if path.is_dir() and RunDir.looks_like_run(path):
         from megalang.data.tokenizer import load_hf_tokenizer
         from megalang.train.checkpoint import load_trained_model
 
         model, _cfg = load_trained_model(path, step=step)
-        return LoadedModel(model, load_hf_tokenizer(path / "tokenizer"), "run", path)
+        return LoadedModel(model, load_hf_tokenizer(RunDir(path).tokenizer), "run", path)
     if path.is_dir() and (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -104,21 +104,23 @@ def maybe_export_adapter(run: Path, out, step: int | None, overwrite: bool, toke
     loadable with `PeftModel.from_pretrained(base, OUT)`. None for a run without LoRA."""
     import shutil
 
-    from megalang.artifacts import describe_input, staging_dir, write_manifest
     from megalang.config import build_config
-    from megalang.train.checkpoint import RUN_CONFIG, find_checkpoint, read_run_config, verify_checkpoint
+    from megalang.store.checkpoints import find_checkpoint, read_run_config, verify_files
+    from megalang.store.files import staging_dir
+    from megalang.store.manifest import describe_input, write_manifest
+    from megalang.store.run_dir import CheckpointFiles, RunDir
 
     path = find_checkpoint(run, step)
-    verify_checkpoint(path)  # every file against COMPLETE.json before reading any
-    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
+    verify_files(path)  # every file against COMPLETE.json before reading any
+    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / CheckpointFiles.RUN_CONFIG))
     if not cfg.lora.rank:
         return None
     model = load_lora_checkpoint(path, cfg, merge=False)
     with staging_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for src, dst in tokenizer_files.items():
-            if (run / "tokenizer" / src).is_file():
-                shutil.copyfile(run / "tokenizer" / src, tmp / dst)
+            if (RunDir(run).tokenizer / src).is_file():
+                shutil.copyfile(RunDir(run).tokenizer / src, tmp / dst)
         trainable, _total = param_counts(model)
         return write_manifest(tmp, "export", config={"run": str(run.resolve()), "step": step, "merge": False,
                                                      "base": cfg.model.pretrained},

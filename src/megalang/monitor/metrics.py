@@ -14,8 +14,6 @@ from typing import Any, Protocol
 
 from megalang.errors import naming
 
-METRICS_FILE = "metrics.jsonl"
-
 
 class MetricsBackend(Protocol):
     """Anything that receives the same records as metrics.jsonl (TensorBoard writer, Prometheus gauges)."""

@@ -13,13 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from megalang.artifacts import fsync_dir, write_text_atomic
 from megalang.errors import UserError
-from megalang.monitor.metrics import METRICS_FILE, read_metrics
-
-REPORT = "report.html"
-PLOTS_DIR = "report_files"
-SUMMARY = "summary.json"
+from megalang.monitor.metrics import read_metrics
+from megalang.store.files import fsync_dir, write_text_atomic
+from megalang.store.run_dir import RunDir
 
 # (file stem, title, y label, [(record key, legend, scale)], log-scale y)
 PLOTS: list[tuple[str, str, str, list[tuple[str, str, float]], bool]] = [
@@ -37,31 +34,33 @@ PLOTS: list[tuple[str, str, str, list[tuple[str, str, float]], bool]] = [
 
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Render the plots and `report.html` for the run in `run_dir`; return the HTML path."""
-    run_dir = Path(run_dir)
-    records = read_metrics(run_dir / METRICS_FILE)
+    run = RunDir(Path(run_dir))
+    records = read_metrics(run.metrics)
     if not records:
-        raise UserError(f"{run_dir}: no {METRICS_FILE} with logged steps; pass a run folder written by `megalang train`")
-    summary = _read_json(run_dir / SUMMARY)
-    plots = render_plots(records, run_dir)
-    write_text_atomic(run_dir / REPORT, render_html(run_dir, records, summary, plots))
-    return run_dir / REPORT
+        raise UserError(f"{run.root}: no {run.metrics.name} with logged steps; pass a run folder written by "
+                        "`megalang train`")
+    summary = _read_json(run.summary)
+    plots = render_plots(records, run)
+    write_text_atomic(run.report, render_html(run, records, summary, plots))
+    return run.report
 
 
 def clear_report(run_dir: str | os.PathLike) -> None:
     """Remove the report (before the run's manifest is written, so the manifest never lists it)."""
-    run_dir = Path(run_dir)
-    (run_dir / REPORT).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / PLOTS_DIR, ignore_errors=True)
+    run = RunDir(Path(run_dir))
+    run.report.unlink(missing_ok=True)
+    shutil.rmtree(run.report_plots, ignore_errors=True)
 
 
-def render_plots(records: dict[int, dict[str, Any]], run_dir: Path) -> list[tuple[str, str]]:
+def render_plots(records: dict[int, dict[str, Any]], run: RunDir) -> list[tuple[str, str]]:
     """PNG per metric family with data, into a fresh folder swapped in whole (no half-old set of images)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display, no GUI toolkit: works on servers and in CI
     import matplotlib.pyplot as plt
 
-    tmp = run_dir / (PLOTS_DIR + ".tmp")
+    final = run.report_plots
+    tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     made = []
@@ -83,10 +82,9 @@ def render_plots(records: dict[int, dict[str, Any]], run_dir: Path) -> list[tupl
         fig.savefig(tmp / f"{stem}.png")
         plt.close(fig)
         made.append((stem, title))
-    final = run_dir / PLOTS_DIR
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    fsync_dir(run_dir)
+    fsync_dir(run.root)
     return made
 
 
@@ -118,15 +116,15 @@ def summary_rows(records: dict[int, dict[str, Any]], summary: dict[str, Any]) ->
     return rows
 
 
-def render_html(run_dir: Path, records: dict[int, dict[str, Any]], summary: dict[str, Any],
+def render_html(run: RunDir, records: dict[int, dict[str, Any]], summary: dict[str, Any],
                 plots: list[tuple[str, str]]) -> str:
     """One static page: inline CSS, relative image paths, nothing fetched from the network."""
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in summary_rows(records, summary))
     figures = "\n".join(
-        f'<figure><img src="{PLOTS_DIR}/{stem}.png" alt="{html.escape(title)}" width="640" height="360"></figure>'
+        f'<figure><img src="{run.relative(run.report_plots)}/{stem}.png" alt="{html.escape(title)}" width="640" height="360"></figure>'
         for stem, title in plots)
-    name = html.escape(run_dir.resolve().name)
+    name = html.escape(run.root.resolve().name)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>megalang run {name}</title>
 <style>
@@ -138,7 +136,7 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 </style></head>
 <body>
 <h1>Run {name}</h1>
-<p>{len(records):,} logged steps from <code>{METRICS_FILE}</code>.</p>
+<p>{len(records):,} logged steps from <code>{run.relative(run.metrics)}</code>.</p>
 <table id="summary">
 {rows}
 </table>

@@ -1,7 +1,7 @@
-"""Checkpoints under `RUN/checkpoints/step-N/`: torch.distributed.checkpoint (DCP) tensors, JSON for the rest.
+"""Checkpoint save and load through torch.distributed.checkpoint (DCP): tensors sharded by DCP, JSON for the rest.
 
-A checkpoint is written into `step-N.tmp/`, gets `COMPLETE.json` last, and is then renamed; only folders
-with a COMPLETE.json are ever discovered, so a crash at any moment leaves the previous one in charge.
+The folder protocol (step-N.tmp/ → COMPLETE.json → rename), discovery, integrity and retention are
+store/checkpoints.py's; this module moves state between the model and those folders.
 
 With several processes every rank writes its own shards through DCP (which records the global layout), and
 rank 0 alone writes the JSON files, the COMPLETE marker and renames. Loading plans against the current
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as _dt
 import logging
 import os
-import re
 import shutil
 import threading
 import warnings
@@ -25,56 +23,34 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
     set_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
-from megalang.artifacts import fsync_dir, read_json, write_json_atomic
 from megalang.errors import UserError
 from megalang.parallel.distributed import barrier
 from megalang.parallel.timeouts import collective_timeout
 from megalang.safe_load import load_dcp
-from megalang.train.checkpoint_integrity import (
-    COMPLETE,
+from megalang.store.checkpoints import (
+    apply_retention,
     corrupt_error,
-    describe_checkpoint_files,
     file_problems,
-    hash_files,
+    find_checkpoint,
+    hash_named,
+    latest_complete,
+    mark_complete,
     read_complete,
-    verify_files,
+    read_run_config,
+    start_checkpoint,
 )
+from megalang.store.files import read_json, write_json_atomic
+from megalang.store.run_dir import COMPLETE, CheckpointFiles, RunDir
 from megalang.train.faults import maybe_fault
-
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.json"  # step, tokens, scheduler, loader, RNG, loss scaler
-RUN_CONFIG = "run_config.json"  # the resolved RunConfig plus derived values (global batch, tokenizer hash)
-MODEL_CONFIG = "model_config.json"  # the transformers config, so the model rebuilds without the recipe
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def complete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
-    root = checkpoints_dir(run_dir)
-    found = []
-    for path in root.iterdir() if root.is_dir() else []:
-        match = _STEP_DIR.match(path.name)
-        if match and path.is_dir() and (path / COMPLETE).is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_complete(run_dir: str | os.PathLike) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1][1] if found else None
 
 
 @contextlib.contextmanager
@@ -258,13 +234,10 @@ def save_checkpoint(
     parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one.
     `timeout_s` bounds the background save's collectives (parallel.timeout_s; None: gloo's default).
     """
-    root = checkpoints_dir(run_dir)
-    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    run = RunDir.of(run_dir)
+    final, tmp = run.step(step), run.step_tmp(step)
     if _rank() == 0:
-        _retire_newer(root, step)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        start_checkpoint(run, step)
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     if _rank() == 0:
@@ -277,8 +250,8 @@ def save_checkpoint(
         digests = _gather_digests(writer.written_digests())  # every rank calls finalize (after the save, or in finish())
         if _rank() == 0:
             maybe_fault("after_shards", step)
-            _mark_complete(tmp, final, step, tokens_seen, digests)
-            apply_retention(run_dir, keep)
+            mark_complete(run, step, tokens_seen, digests, fault=maybe_fault)
+            apply_retention(run, keep, fault=maybe_fault)
         return final
 
     with _quiet_dcp():
@@ -324,7 +297,7 @@ class _SyncedWriter(dcp.FileSystemWriter):
     def write_data(self, plan, planner):
         future = super().write_data(plan, planner)  # the files are written (and synced) when this returns
         names = sorted({result.storage_data.relative_path for result in future.value()})
-        self.digests = hash_files(Path(self.path), names)
+        self.digests = hash_named(Path(self.path), names)
         if self.process:
             write_json_atomic(self._digests_file(), self.digests)
         return future
@@ -362,15 +335,6 @@ def _gather_digests(digests: dict[str, str]) -> dict[str, str]:
     return {name: digest for part in _all_ranks(digests, world) for name, digest in part.items()}
 
 
-def _retire_newer(root: Path, step: int) -> None:
-    """Remove complete checkpoints newer than the one about to be written. They exist only when the run was
-    sent back to an older step (checkpoint.resume_step, e.g. past a corrupt checkpoint): that future was
-    abandoned, and left in place the newest of them would be what the next automatic resume picks."""
-    for newer, path in complete_checkpoints(root.parent):
-        if newer > step:
-            _remove_checkpoint(path)
-
-
 def _write_trainer_files(tmp: Path, step: int, model, scheduler, loader, tokens_seen: int,
                          run_config: dict[str, Any], extra: dict[str, Any] | None) -> None:
     """The JSON half of a checkpoint (rank 0). The loader state is global (consumed samples over all data
@@ -383,55 +347,9 @@ def _write_trainer_files(tmp: Path, step: int, model, scheduler, loader, tokens_
         "rng": capture_rng(),
         **(extra or {}),
     }
-    write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-    write_json_atomic(tmp / RUN_CONFIG, run_config)
-    write_json_atomic(tmp / MODEL_CONFIG, model.config.to_dict())
-
-
-def _mark_complete(tmp: Path, final: Path, step: int, tokens_seen: int, digests: dict[str, str]) -> None:
-    """COMPLETE.json (every file's size and SHA-256: the tensor files' from the ranks that wrote them, the
-    rest hashed here; all ranks' files are on disk by now), then the rename that makes the checkpoint
-    discoverable, then the parent fsync that makes the rename durable."""
-    root = tmp.parent
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(tmp / COMPLETE, {"step": step, "tokens_seen": tokens_seen, "time": now,
-                                       **describe_checkpoint_files(tmp, digests)})
-    maybe_fault("before_rename", step)
-    if final.exists():  # an older save of the same step that a resume is about to replace
-        _remove_checkpoint(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-
-
-def _remove_checkpoint(path: Path, fault_step: int | None = None) -> None:
-    # COMPLETE.json goes first (and is synced gone): a deletion cut short must not leave a folder that looks
-    # complete. DCP's .metadata next, so not even DCP itself would read what is left.
-    (path / COMPLETE).unlink(missing_ok=True)
-    fsync_dir(path)
-    (path / ".metadata").unlink(missing_ok=True)
-    if fault_step is not None:
-        maybe_fault("during_retention", fault_step)
-    shutil.rmtree(path)
-
-
-def apply_retention(run_dir: str | os.PathLike, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; remove older ones and older incomplete leftovers."""
-    complete = complete_checkpoints(run_dir)
-    for _step, path in complete[:-keep]:
-        _remove_checkpoint(path, fault_step=complete[-1][0])
-    if complete:
-        newest = complete[-1][0]
-        for path in checkpoints_dir(run_dir).iterdir():
-            match = _STEP_DIR.match(path.name)
-            if match and int(match.group(1)) < newest and not (path / COMPLETE).exists():
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_stale_tmp(run_dir: str | os.PathLike) -> None:
-    """`step-N.tmp/` folders are saves that never completed (the process died); nothing can use them."""
-    root = checkpoints_dir(run_dir)
-    for path in root.glob("step-*.tmp") if root.is_dir() else []:
-        shutil.rmtree(path, ignore_errors=True)
+    write_json_atomic(tmp / CheckpointFiles.TRAINER_STATE, trainer_state)
+    write_json_atomic(tmp / CheckpointFiles.RUN_CONFIG, run_config)
+    write_json_atomic(tmp / CheckpointFiles.MODEL_CONFIG, model.config.to_dict())
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -446,13 +364,6 @@ def _options(model) -> StateDictOptions:
     if all(p.requires_grad for p in model.parameters()):
         return StateDictOptions(flatten_optimizer_state_dict=True)
     return StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
-
-
-def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's saved config, checked against COMPLETE.json first: a flipped byte must read as a
-    corrupt checkpoint, not as a config change (this file decides whether a resume is allowed)."""
-    verify_files(Path(path), [RUN_CONFIG])
-    return read_json(Path(path) / RUN_CONFIG, "checkpoint config")
 
 
 _VERIFIED: set[tuple] = set()
@@ -506,36 +417,11 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
         load_dcp(state, path)  # never unpickles arbitrary objects
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(model))
-    trainer_state = read_json(path / TRAINER_STATE, "trainer state")
+    trainer_state = read_json(path / CheckpointFiles.TRAINER_STATE, "trainer state")
     scheduler.load_state_dict(trainer_state["scheduler"])
     loader.load_state_dict(trainer_state["loader"])
     restore_rng(trainer_state["rng"])
     return trainer_state
-
-
-def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None, field: str = "--step") -> Path:
-    """The newest complete checkpoint, or exactly the one of `step`; UserError naming what exists otherwise
-    (`field` is the option or config key the step came from)."""
-    complete = complete_checkpoints(run_dir)
-    if step is not None:
-        for s, path in complete:
-            if s == step:
-                return path
-        steps = ", ".join(str(s) for s, _ in complete) or "none"
-        raise UserError(f"{field}={step}: {run_dir} has no complete checkpoint for step {step}; complete steps: "
-                        f"{steps}; {_why_missing(run_dir, step)}")
-    if not complete:
-        raise UserError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/; train first (or wait for one)")
-    return complete[-1][1]
-
-
-def _why_missing(run_dir: str | os.PathLike, step: int) -> str:
-    root = checkpoints_dir(run_dir)
-    if (root / f"step-{step}.tmp").exists():
-        return f"{CHECKPOINTS}/step-{step}.tmp is a save that never finished; pick a complete step"
-    if (root / f"step-{step}").exists():
-        return f"{CHECKPOINTS}/step-{step} has no {COMPLETE} (its save or removal was cut short); pick a complete step"
-    return f"there is no {CHECKPOINTS}/step-{step}; pick a complete step"
 
 
 def resume_checkpoint(run_dir: str | os.PathLike, step: int | None) -> Path | None:
@@ -556,13 +442,13 @@ def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
 
     path = find_checkpoint(run_dir, step)
     verify_checkpoint(path)  # also the LoRA branch's adapters (load_lora_checkpoint reads them unchecked)
-    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / RUN_CONFIG))
+    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / CheckpointFiles.RUN_CONFIG))
     if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
         from megalang.model.lora import load_lora_checkpoint
 
         with _quiet_dcp():
             return load_lora_checkpoint(path, cfg), cfg
-    raw = read_json(path / MODEL_CONFIG, "model config")
+    raw = read_json(path / CheckpointFiles.MODEL_CONFIG, "model config")
     config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")

@@ -20,8 +20,6 @@ from typing import Any
 from megalang.errors import UserError
 from megalang.train.optim import lr_factor
 
-RESUMES_FILE = "resumes.jsonl"
-
 # Prefixes of dotted keys (`config.` is dropped; `derived.` keys are values the trainer computes). The longest
 # matching prefix decides. Refused keys come with the name the user knows them by.
 REFUSED = {
@@ -146,7 +144,7 @@ def record_resume(t, path: Path, saved: dict[str, Any]) -> dict[str, tuple[Any, 
         print(f"resume from step {step}: {display_name(key)} {old} → {new}", file=sys.stderr, flush=True)
     record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "step": step,
               "checkpoint": str(path), "changes": {display_name(k): [old, new] for k, (old, new) in diff.items()}}
-    with open(t.run_dir / RESUMES_FILE, "a", encoding="utf-8") as f:
+    with open(t.run.resumes, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return diff
 

@@ -16,12 +16,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from megalang.artifacts import MANIFEST, read_json, sha256_file
 from megalang.config import RunConfig, SftTokenizeConfig
 from megalang.data.shards import read_shard_manifest
 from megalang.errors import UserError
-
-SFT_DATA_DIR = "sft-data"  # RUN/sft-data: data.sft tokenized with the model's tokenizer
+from megalang.store.files import read_json, sha256_file
+from megalang.store.manifest import MANIFEST
+from megalang.store.run_dir import RunDir
 
 
 @dataclass
@@ -82,7 +82,7 @@ def tokenize_sft_for_run(cfg: RunConfig) -> Path:
         # Every rank would tokenize into the same RUN/sft-data at once; one tokenized folder serves them all.
         raise UserError("data.sft is tokenized by a single process; run `megalang data tokenize --format sft` first "
                         "and pass data.shards=FOLDER to a multi-process run")
-    out = Path(cfg.run.dir) / SFT_DATA_DIR
+    out = RunDir(Path(cfg.run.dir)).sft_data
     wanted = SftTokenizeConfig(input=cfg.data.sft, model=cfg.model.pretrained, out=str(out), overwrite=True,
                                val_input=cfg.data.sft_val, val_fraction=cfg.data.sft_val_fraction)
     if (out / MANIFEST).is_file() and already_tokenized(read_json(out / MANIFEST, "SFT data manifest"), wanted):

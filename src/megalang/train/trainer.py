@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from megalang.artifacts import MANIFEST, describe_input, fsync_dir, sha256_file, write_json_atomic, write_manifest
 from megalang.config import RunConfig
-from megalang.data.loader import SampleLoader, eval_batches, num_windows
 from megalang.data.integrity import verify_shards
+from megalang.data.loader import SampleLoader, eval_batches, num_windows
 from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.evaluate.during_training import maybe_run_evals
@@ -29,9 +28,9 @@ from megalang.model.build import build_model, special_ids
 from megalang.model.presets import get_preset
 from megalang.monitor.flops import flops_per_token, mfu, peak_flops
 from megalang.monitor.live import RunMonitor, build_run_monitor, disabled_monitor, maybe_write_report
-from megalang.monitor.report import clear_report
-from megalang.monitor.metrics import METRICS_FILE, MetricsSink, read_metrics
+from megalang.monitor.metrics import MetricsSink, read_metrics
 from megalang.monitor.progress import LineReporter, make_reporter
+from megalang.monitor.report import clear_report
 from megalang.parallel.build import build_parallel_model
 from megalang.parallel.distributed import (
     ProcessGroup,
@@ -47,25 +46,22 @@ from megalang.parallel.distributed import (
 from megalang.parallel.mesh import ParallelDims, build_mesh, data_rank, resolve_dims
 from megalang.parallel.parallelize import parallelize
 from megalang.parallel.timeouts import explain_collective_timeouts
+from megalang.store.checkpoints import complete_checkpoints, read_run_config, recorded_files, remove_stale_tmp
+from megalang.store.files import fsync_dir, sha256_file, write_json_atomic
+from megalang.store.manifest import MANIFEST, describe_input, write_manifest
+from megalang.store.run_dir import RunDir
+from megalang.train import compat, faults, finetune
 from megalang.train.checkpoint import (
-    complete_checkpoints,
-    load_checkpoint,
-    read_run_config,
     check_shared_memory,
+    load_checkpoint,
     release_staging,
-    remove_stale_tmp,
     resume_checkpoint,
     save_checkpoint,
 )
-from megalang.train.checkpoint_integrity import recorded_files
-from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.health import HealthGuard, build_health_guard, maybe_skip_step
 from megalang.train.loss import cross_entropy, lm_loss
-from megalang.train import compat, faults, finetune
+from megalang.train.optim import build_optimizer, build_scheduler
 
-SUMMARY = "summary.json"
-CONFIG_FILE = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
 FAULT_ENV = "MEGALANG_FAULT_AT_STEP"  # crash-test hook: SystemExit right after this step (and its checkpoint)
 
 
@@ -134,6 +130,10 @@ class Trainer:
     monitor: RunMonitor = field(default_factory=disabled_monitor)  # backends, telemetry, thermal guard (#8)
     finetune: finetune.FineTune | None = None  # loss function, DP accountant, SFT counts (train/finetune.py, #6)
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
 
     @property
     def tokens_per_step(self) -> int:
@@ -457,7 +457,7 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         scheduler=build_scheduler(optimizer, cfg.train),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
         loader=loader, val_split=open_val_split(cfg, manifest),
-        sink=MetricsSink(run_dir / METRICS_FILE, backends=monitor.backends, enabled=group.rank == 0),
+        sink=MetricsSink(RunDir(run_dir).metrics, backends=monitor.backends, enabled=group.rank == 0),
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
@@ -581,14 +581,15 @@ def seed_everything(seed: int) -> None:
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> None:
     """Create or reopen the run folder: config, tokenizer copy; drop what marks it finished."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(run_dir)
+    run = RunDir(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(run)
     # An unfinished run must not look like a complete artifact: manifest.json and summary.json come last.
-    for name in (MANIFEST, SUMMARY):
-        (run_dir / name).unlink(missing_ok=True)
+    for path in (run.manifest, run.summary):
+        path.unlink(missing_ok=True)
     # JSON is valid YAML, and this keeps to the one atomic-write helper; `megalang train config.yaml` re-runs it.
-    write_json_atomic(run_dir / CONFIG_FILE, cfg.model_dump(mode="json"))
-    copy_tokenizer(manifest, run_dir / TOKENIZER_DIR)
+    write_json_atomic(run.config, cfg.model_dump(mode="json"))
+    copy_tokenizer(manifest, run.tokenizer)
 
 
 def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
@@ -617,7 +618,7 @@ def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     summary = build_summary(t, wall_seconds)
     if t.group.rank != 0:
         return summary
-    write_json_atomic(t.run_dir / SUMMARY, summary)
+    write_json_atomic(t.run.summary, summary)
     clear_report(t.run_dir)  # an earlier leg's report must not be hashed into the manifest, then rewritten
     write_manifest(
         t.run_dir, "train", t.cfg.model_dump(mode="json"),
@@ -642,7 +643,7 @@ def count_params(t: Trainer, trainable: bool = False) -> int:
 
 def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """From metrics.jsonl, so a resumed run reports the whole run, not only its last leg."""
-    records = read_metrics(t.run_dir / METRICS_FILE)
+    records = read_metrics(t.run.metrics)
     losses = [r["loss"] for s, r in records.items() if s <= t.step and r.get("loss") is not None]
     vals = [r["val_loss"] for s, r in records.items() if s <= t.step and r.get("val_loss") is not None]
     rate = t.clock.steady_rate()

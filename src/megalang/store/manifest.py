@@ -1,124 +1,21 @@
-"""Artifacts: folders with a `manifest.json` saying what made them and what they hold (SHA-256 per file).
-
-Also the one hashing helper and the one atomic-write helper every stage uses.
-"""
+"""Artifacts: folders with a `manifest.json` saying what made them (stage, config, inputs by SHA-256, library
+versions) and what they hold (every file with its size and SHA-256); their verification and lineage."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
-import shutil
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from megalang import __version__
 from megalang.errors import UserError
+from megalang.store.files import read_json, sha256_file, sha256_files, write_json_atomic
 
 MANIFEST = "manifest.json"
-_CHUNK = 1 << 20
-HASH_THREADS = min(8, os.cpu_count() or 1)  # enough to keep a local NVMe or a network filesystem busy
 _LIBRARIES = ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors", "numpy", "pyarrow")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_files(paths: list[Path]) -> list[str]:
-    """SHA-256 of each file, in order, on a thread pool: hashlib releases the GIL on large buffers, so threads
-    read and hash several files at disk speed rather than one core's."""
-    if len(paths) <= 1:
-        return [sha256_file(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(len(paths), HASH_THREADS)) as pool:
-        return list(pool.map(sha256_file, paths))
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (POSIX needs the parent directory synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that a reader sees the old file or the whole new one, never a partial one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Text counterpart of `write_json_atomic`: tmp file, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: {what} is not valid JSON ({e}); re-create it") from None
-
-
-@contextlib.contextmanager
-def staging_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield `OUT.tmp/` to write into; on success it becomes `OUT/`, on any error it is removed.
-
-    So an output folder either holds a complete artifact (with its manifest) or does not exist.
-    """
-    out = Path(out)
-    if out.exists():
-        if not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"{out}: output already exists; choose another --out or remove it")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed earlier attempt; never looks complete (no rename happened)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as e:  # read-only place, a file in the way, a pseudo-filesystem such as /proc or /sys
-        raise UserError(f"{out}: cannot create the output folder ({e.strerror}: {e.filename}); "
-                        "choose an output path in a writable folder") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
 
 
 def library_versions() -> dict[str, str]:
@@ -211,12 +108,10 @@ def artifact_file(root: str | os.PathLike, rel: str) -> Path:
     return path
 
 
-def verify(root: str | os.PathLike) -> list[str]:
-    """Re-hash an artifact, and a run folder's checkpoints against their COMPLETE.json; return one line per
-    problem (empty when everything matches)."""
+def verify_artifact(root: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """Re-hash an artifact against its manifest: (one line per problem, {absolute path: SHA-256} of the files
+    that matched, so a caller checking the same files another way need not read them twice)."""
     root = Path(root)
-    if not (root / MANIFEST).is_file() and (root / "checkpoints").is_dir():
-        return _checkpoint_problems(root, {})  # a run still training (or killed): its checkpoints can be checked
     manifest = read_manifest(root)
     problems, verified, todo = [], {}, []
     for rel, info in manifest["files"].items():
@@ -232,22 +127,12 @@ def verify(root: str | os.PathLike) -> list[str]:
             problems.append(f"{p}: SHA-256 mismatch")
         else:
             verified[str(p)] = expected
-    if (root / "checkpoints").is_dir():
-        problems += _checkpoint_problems(root, verified)
     for inp in manifest.get("inputs", []):
         if inp.get("kind") == "artifact" and Path(inp["path"]).is_dir():
             actual = sha256_file(Path(inp["path"]) / MANIFEST)
             if actual != inp["manifest_sha256"]:
                 problems.append(f"{inp['path']}/{MANIFEST}: input artifact changed since {root} was made")
-    return problems
-
-
-def _checkpoint_problems(run_dir: Path, verified: dict[str, str]) -> list[str]:
-    """A run folder's complete checkpoints against the SHA-256 list in their COMPLETE.json (files the
-    manifest already verified with the same hash are not read twice)."""
-    from megalang.train.checkpoint_integrity import run_checkpoint_problems
-
-    return run_checkpoint_problems(run_dir, verified)
+    return problems, verified
 
 
 def lineage(root: str | os.PathLike) -> list[dict[str, Any]]:

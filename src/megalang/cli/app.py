@@ -1,0 +1,80 @@
+"""The Typer apps, the consoles and the one error boundary every command goes through."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from megalang import __version__
+from megalang.errors import UserError, from_os_error
+
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="megalang: raw text → clean data → tokenizer → token shards → training → eval → export → generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare documents and tokenize them into shards.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train a SentencePiece BPE tokenizer.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a run or an exported model.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+classifier_app = typer.Typer(help="Train the document classifier used by the `classifier` prepare step.", no_args_is_help=True)
+data_app.add_typer(classifier_app, name="classifier")
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(eval_app, name="eval")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def user_errors(fn):
+    """Turn a UserError (or a disk-full / permission OSError) into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, OSError) as e:
+            # An OSError is a user's problem only for disk-full / permission / path-in-the-way errnos.
+            problem = e if isinstance(e, UserError) else from_os_error(e)
+            if problem is None:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(problem))}", markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"megalang {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    pass
+
+
+def split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
+    if args and "=" not in args[0]:
+        recipe = args[0]
+        if not Path(recipe).suffix in (".yaml", ".yml"):
+            raise UserError(f"'{recipe}': expected a recipe .yaml file or key=value overrides")
+        return recipe, args[1:]
+    return None, args
+
+
+def counts_line(counts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))

@@ -1,0 +1,167 @@
+"""`megalang train`, `launch`, `export`, `generate`, `demo`, `plan` and `report`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from megalang.cli.app import app, out, split_recipe, user_errors
+from megalang.config import RunConfig, build_config, config_help, load_config
+
+# --- train / eval / export / generate ---------------------------------------------------------------
+
+_TRAIN_HELP = "\n".join(f"  {k} = {d}  {desc}" for k, d, desc in config_help(RunConfig))
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help="Train a model: `megalang train [RECIPE.yaml] [key.sub=value ...]`.\n\nKeys:\n\n" + _TRAIN_HELP.replace("\n", "\n\n"),
+)
+@user_errors
+def train_cmd(args: Annotated[Optional[list[str]], typer.Argument(help="Recipe file, then key=value overrides.")] = None):
+    recipe, overrides = split_recipe(args or [])
+    cfg = load_config(RunConfig, recipe, overrides)
+    if cfg.launcher == "ray":
+        from megalang.parallel.ray_launch import train_on_ray as train
+    else:
+        from megalang.train.trainer import train
+
+    summary = train(cfg)
+    out.print(json.dumps(summary, indent=2))
+
+
+@app.command(
+    "launch",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@user_errors
+def launch_cmd(
+    ctx: typer.Context,
+    nproc: Annotated[int, typer.Option(help="Processes per node (one per GPU; on CPU, a few).")] = 1,
+    nnodes: Annotated[str, typer.Option(help="Nodes, or MIN:MAX for an elastic job.")] = "1",
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT every node reaches (multi-node).")] = None,
+    rdzv_id: Annotated[str, typer.Option(help="Job id shared by the nodes of one run.")] = "megalang",
+    max_restarts: Annotated[int, typer.Option(help="Restart the whole group this often after a failure "
+                                                   "(each restart resumes from the newest checkpoint).")] = 0,
+):
+    """Run a command on several processes through torchrun: `megalang launch --nproc 2 -- train RECIPE.yaml k=v`."""
+    from megalang.launch import launch
+
+    launch(list(ctx.args), nproc, nnodes, rdzv_endpoint, rdzv_id, max_restarts)
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[str, typer.Option(help="Run folder.")],
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Output Hugging Face folder.")],
+    step: Annotated[Optional[int], typer.Option(help="Checkpoint step (default: the newest complete one).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    merge: Annotated[bool, typer.Option(help="LoRA run: merge the adapters into the base (else: the adapter folder).")] = False,
+):
+    """Write a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads."""
+    from megalang.export import export
+
+    export(run, out_dir, step=step, overwrite=overwrite, merge=merge)
+    out.print(f"exported {out_dir}")
+
+
+@app.command("generate")
+@user_errors
+def generate_cmd(
+    model: Annotated[str, typer.Option(help="Exported folder or run folder.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="0 = off.")] = 50,
+    top_p: Annotated[float, typer.Option(help="1.0 = off.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+):
+    """Continue a prompt."""
+    from megalang.generate import generate
+
+    text = generate(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    out.print(text, markup=False)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Demo folder.")] = "runs/demo",
+    max_steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the demo recipe's).")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+):
+    """The whole pipeline on the Python standard library's own source, with a few modules held out."""
+    from megalang.demo import demo
+
+    demo(out_dir, max_steps=max_steps, preset=preset, console=out)
+
+
+# --- planning and monitoring ------------------------------------------------------------------------
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(
+    recipe: Annotated[Optional[str], typer.Argument(help="Plan YAML (keys as below); options override it.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Model preset (debug … 100b).")] = None,
+    params: Annotated[Optional[str], typer.Option(help="Parameter count, e.g. 7e9 or 100B; a Llama-like shape is derived.")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(help="Shape: model width (with --layers, --intermediate-size, --heads).")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Shape: decoder blocks.")] = None,
+    intermediate_size: Annotated[Optional[int], typer.Option(help="Shape: MLP width.")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Shape: query heads.")] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="Shape: key/value heads (default: --heads).")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Shape: vocabulary size.")] = None,
+    tokens: Annotated[Optional[str], typer.Option(help="Training tokens in total, e.g. 2e12 or 10T.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence.")] = None,
+    global_batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass per GPU.")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="a100-40gb, a100-80gb, h100, h200, b200 or cpu.")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs in total.")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per NVLink node.")] = None,
+    sharding: Annotated[Optional[str], typer.Option(help="ddp, zero1, zero2 or zero3 (FSDP).")] = None,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel degree.")] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline stages.")] = None,
+    activation_checkpointing: Annotated[
+        Optional[bool], typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="Recompute blocks in backward.")
+    ] = None,
+    precision: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp8 or fp32.")] = None,
+    mfu: Annotated[Optional[float], typer.Option(help="Assumed model FLOPs utilisation (default 0.4).")] = None,
+    deadline_days: Annotated[Optional[float], typer.Option(help="Wall-clock budget in days.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """FLOPs, memory per GPU, tokens/s, days and a verdict for a training plan; exit 1 when it is not feasible."""
+    from megalang.config import PlanConfig, load_yaml
+    from megalang.plan import format_plan, parse_count, plan
+
+    data = load_yaml(recipe) if recipe else {}
+    shape = {k: v for k, v in dict(hidden_size=hidden_size, num_layers=layers, intermediate_size=intermediate_size,
+                                   num_heads=heads, num_kv_heads=kv_heads, vocab_size=vocab_size).items() if v is not None}
+    chosen = {"preset": preset, "params": parse_count(params, "--params") if params else None, "shape": shape or None}
+    if any(v is not None for v in chosen.values()):
+        for key in chosen:
+            data.pop(key, None)
+        data.update({k: v for k, v in chosen.items() if v is not None})
+    options = dict(tokens=parse_count(tokens, "--tokens") if tokens else None, seq_len=seq_len,
+                   global_batch_tokens=global_batch_tokens, micro_batch_size=micro_batch_size, gpu=gpu, gpus=gpus,
+                   gpus_per_node=gpus_per_node, sharding=sharding, tp=tp, pp=pp,
+                   activation_checkpointing=activation_checkpointing, precision=precision, mfu=mfu,
+                   deadline_days=deadline_days)
+    data.update({k: v for k, v in options.items() if v is not None})
+    result = plan(build_config(PlanConfig, data, recipe or "options"))
+    out.print(json.dumps(result, indent=2) if as_json else format_plan(result), markup=False)
+    if not result["feasible"]:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(run: Annotated[str, typer.Argument(help="Run folder (with metrics.jsonl).")]):
+    """Write RUN/report.html with PNG plots (loss, lr, grad norm, tokens/s, MFU, memory) and a summary table."""
+    from megalang.monitor.report import write_report
+
+    path = write_report(run)
+    out.print(f"report {path}", markup=False)
