@@ -318,7 +318,7 @@ def test_shared_memory_too_small_for_the_writer_process_is_one_clear_error(tmp_p
 
 
 def test_auto_async_writer_is_a_process_beside_a_gpu_and_a_thread_on_a_cpu():
-    from megalang.train.trainer import async_writer, writer_process
+    from megalang.train.setup import async_writer, writer_process
 
     def cfg(*extra):
         return RunConfig.model_validate({"checkpoint": dict(kv.split("=") for kv in extra)})

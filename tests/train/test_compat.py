@@ -15,7 +15,7 @@ from megalang.errors import UserError
 from megalang.store.run_dir import RunDir
 from megalang.train import compat
 from megalang.train.optim import lr_factor
-from megalang.train.trainer import resolved_run_config
+from megalang.train.setup import resolved_run_config
 
 from .conftest import debug_config, train_capturing_weights
 

@@ -79,14 +79,6 @@ def world_max(value: float) -> float:
     return float(t.item())
 
 
-def broadcast_object(obj, src: int = 0):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def total_grad_norm(params: list[torch.nn.Parameter], pp_group=None) -> torch.Tensor:
     """The global L2 norm of all gradients, whatever the sharding: DTensor norms are reduced over their mesh
     (`full_tensor`), and pipeline stages add their squared norms (torchtitan's clip_grad_norm_)."""

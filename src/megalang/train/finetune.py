@@ -1,9 +1,9 @@
-"""The trainer's fine-tuning hooks (issue #6): SFT data, LoRA, the objective, DP-SGD.
+"""The trainer's fine-tuning hooks: SFT data, LoRA, DP-SGD, SFT val rows.
 
-The trainer asks this module for four things and otherwise runs as for pretraining:
-`prepare_data` (the shard manifest, tokenizing `data.sft` with the model's tokenizer), `build_loader` (SFT rows
-or token windows), `wrap_model` (LoRA adapters) and `wrap_optimizer` (DP-SGD); `FineTune` carries the loss
-function and what goes into metrics and summary.json.
+Setup asks this module for: `prepare_data` (the shard manifest, tokenizing `data.sft` with the model's
+tokenizer), `build_loader` (SFT rows, or None for token windows), `wrap_model` (LoRA adapters), `build_finetune`
+(DP-SGD) and `open_val` / `evaluate_sft_loss` (the SFT held-out loss); `FineTune` carries what goes into
+metrics and summary.json. The loss itself is train/objectives.py's, chosen at setup for every run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +26,8 @@ from megalang.store.run_dir import RunDir
 
 @dataclass
 class FineTune:
-    """What the trainer holds for a run: the loss function, and extra metrics / summary fields."""
+    """What the trainer holds for a fine-tuning run: extra metrics and summary fields."""
 
-    objective: Callable
     privacy: Any = None  # train.privacy.PrivacyState
     sft_stats: Any = None  # data.sft.SftStats
     params: tuple[int, int] | None = None  # (trainable, total) after wrapping
@@ -148,11 +147,10 @@ def wrap_model(model, cfg: RunConfig):
 def build_finetune(cfg: RunConfig, manifest: dict[str, Any], model, optimizer, loader, device: torch.device):
     """(optimizer to train with, FineTune). Prints the trainable fraction, as a user deciding on LoRA wants it."""
     from megalang.model.lora import param_counts
-    from megalang.train.objectives import build_objective
     from megalang.train.privacy import maybe_make_private
 
     optimizer, privacy = maybe_make_private(model, optimizer, cfg, loader)
-    ft = FineTune(objective=build_objective(cfg, manifest, device), privacy=privacy,
+    ft = FineTune(privacy=privacy,
                   sft_stats=getattr(loader, "stats", None), params=param_counts(model))
     trainable, total = ft.params
     if trainable != total or cfg.model.pretrained:

@@ -1,0 +1,269 @@
+"""Setting up a run: check everything that can be wrong before touching the run folder, then build the
+model, optimizer, loader and objective, prepare the run folder and resume from the newest checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megalang.config import RunConfig
+from megalang.data.integrity import verify_shards
+from megalang.data.loader import SampleLoader, num_windows
+from megalang.data.shards import TokenSplit, open_split
+from megalang.errors import UserError
+from megalang.model.build import build_model, special_ids
+from megalang.model.presets import get_preset
+from megalang.monitor.flops import flops_per_token, peak_flops
+from megalang.monitor.live import build_run_monitor
+from megalang.monitor.metrics import MetricsSink
+from megalang.parallel.build import build_parallel_model
+from megalang.parallel.distributed import (
+    ProcessGroup,
+    barrier,
+    local_bytes,
+    maybe_init_process_group,
+)
+from megalang.parallel.mesh import ParallelDims, build_mesh, data_rank, resolve_dims
+from megalang.parallel.parallelize import parallelize
+from megalang.store.checkpoints import read_run_config, remove_stale_tmp
+from megalang.store.files import fsync_dir, sha256_file, write_json_atomic
+from megalang.store.manifest import MANIFEST
+from megalang.store.run_dir import RunDir
+from megalang.train import compat, finetune
+from megalang.train.checkpoint import (
+    check_shared_memory,
+    load_checkpoint,
+    resume_checkpoint,
+)
+from megalang.train.health import build_health_guard
+from megalang.train.objectives import build_objective
+from megalang.train.optim import build_optimizer, build_scheduler
+from megalang.train.state import Trainer
+from megalang.train.validate import evaluate_lm_loss
+
+
+def async_writer(cfg: RunConfig, device: torch.device) -> str:
+    """checkpoint.async_writer resolved: `auto` is a writer process beside a GPU (the training loop keeps the
+    GIL to itself and idle cores absorb the write) and a thread on a CPU, where training keeps every core busy
+    and a process measured no smaller stall (docs/benchmarks.md) but costs a spawn and shared memory."""
+    if cfg.checkpoint.async_writer != "auto":
+        return cfg.checkpoint.async_writer
+    return "process" if device.type == "cuda" else "thread"
+
+
+def writer_process(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.checkpoint.async_save and async_writer(cfg, device) == "process"
+
+
+def setup(cfg: RunConfig) -> Trainer:
+    """Check everything that can be wrong before touching the run folder, then build the run."""
+    manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
+    if not cfg.model.pretrained:
+        get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
+    device = pick_device(cfg)
+    group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
+    try:
+        return build_trainer(cfg, manifest, device, group)
+    except BaseException:
+        group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
+        raise
+
+
+def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device, group: ProcessGroup) -> Trainer:
+    """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one."""
+    dims = resolve_parallel(cfg, manifest, group.world)
+    dp_world = dims.dp if dims else 1
+    accum = grad_accum_steps(cfg, dp_world)
+    finetune.check_finetune(cfg, device, group.world, accum)
+    run_config = resolved_run_config(cfg, manifest, group.world, accum, dims)
+    run_dir = Path(cfg.run.dir)
+    resume_from = find_resume(cfg, run_dir, run_config)
+    verify_shards(cfg.data.shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
+    mesh = build_mesh(dims, device.type) if dims else None
+    dp_rank = data_rank(mesh, dims)[0] if dims else 0
+    loader = finetune.build_loader(cfg, manifest, dp_rank, dp_world) or SampleLoader(
+        open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
+        dp_rank, dp_world, curriculum=manifest.get("curriculum") if cfg.data.curriculum else None)
+    if group.rank == 0:
+        prepare_run_dir(cfg, run_dir, manifest)
+    barrier()  # the run folder exists (and is clean) before any rank touches it
+    seed_everything(cfg.seed)
+    if dims is None:
+        model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed,
+                            device, quantization=finetune.quantization(cfg, device))  # QLoRA: a 4-bit base
+        parallelize(model, None, cfg.train)
+        model = finetune.wrap_model(model, cfg)  # LoRA adapters (lora.rank > 0)
+        built = None
+    else:
+        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
+        model = built.model
+    optimizer = build_optimizer(model, cfg.train)
+    if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
+        check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters())
+                            * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    ft = None
+    if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
+        optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
+    objective = build_objective(cfg, manifest, device)  # after DP's wrapping, as before: a teacher loads here
+    val_split = open_val_split(cfg, manifest)
+    validate = finetune.evaluate_sft_loss if isinstance(val_split, finetune.SftVal) else evaluate_lm_loss
+    monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
+    t = Trainer(
+        cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train),
+        scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
+        loader=loader, val_split=val_split, objective=objective, validate=validate,
+        sink=MetricsSink(RunDir(run_dir).metrics, backends=monitor.backends, enabled=group.rank == 0),
+        run_config=run_config, accum=accum, monitor=monitor,
+        flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
+        peak=peak_flops(device, cfg.train.precision),
+        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train),
+    )
+    if built is not None:
+        t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
+    if resume_from is not None:
+        resume(t, resume_from)
+    return t
+
+
+def resume(t: Trainer, path: Path) -> None:
+    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader)
+    if t.scaler and "scaler" in state:
+        t.scaler.load_state_dict(state["scaler"])
+    t.health.load_state_dict(state.get("health"))  # the same skip decisions as an uninterrupted run
+    compat.record_resume(t, path, read_run_config(path))  # benign changes: re-applied, printed, RUN/resumes.jsonl
+    t.step, t.tokens_seen, t.resumed_from = state["step"], state["tokens_seen"], state["step"]
+
+
+def resolve_parallel(cfg: RunConfig, manifest: dict[str, Any], world: int) -> ParallelDims | None:
+    """The parallel layout (None: one process); a layout that cannot split this model fails here."""
+    if world == 1:
+        resolve_dims(cfg.parallel, 1)  # fixed degrees > 1 on one process are a mistake worth naming
+        return None
+    from megalang.model.build import build_llama_config
+
+    model_config = None
+    if not cfg.model.pretrained:
+        model_config = build_llama_config(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest))
+    return resolve_dims(cfg.parallel, world, model_config)
+
+
+def pick_device(cfg: RunConfig) -> torch.device:
+    wanted = cfg.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs a CUDA device (loss scaling); use bf16 or fp32 on CPU")
+    return device
+
+
+def grad_accum_steps(cfg: RunConfig, world: int) -> int:
+    """Micro-batches per optimizer step so that each step sees `train.global_batch_tokens`."""
+    tc = cfg.train
+    per_micro = tc.micro_batch_size * tc.seq_len * world
+    gbt = tc.global_batch_tokens or per_micro
+    if gbt % per_micro:
+        raise UserError(
+            f"train.global_batch_tokens={gbt} is not a multiple of train.micro_batch_size × train.seq_len × "
+            f"data-parallel ranks = {tc.micro_batch_size} × {tc.seq_len} × {world} = {per_micro}"
+        )
+    return gbt // per_micro
+
+
+def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, accum: int,
+                        dims: ParallelDims | None = None) -> dict[str, Any]:
+    """The config saved with every checkpoint, plus the values derived from it and from the data."""
+    tc = cfg.train
+    dp = dims.dp if dims else world
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "derived": {
+            "global_batch_tokens": tc.micro_batch_size * tc.seq_len * dp * accum,
+            "world_size": world,
+            "parallel": dims.degrees() if dims else None,
+            "grad_accum": accum,
+            "vocab_size": manifest["vocab_size"],
+            "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+            "tokenizer_path": manifest.get("tokenizer_path"),
+            "shards": str(Path(cfg.data.shards).resolve()),
+            "shards_content_sha256": compat.shards_fingerprint(manifest),  # a moved copy of the same tokens resumes
+        },
+    }
+
+
+def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue."""
+    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step)  # newest complete, or exactly resume_step
+    if latest is None:
+        return None
+    if cfg.checkpoint.resume == "never":
+        raise UserError(
+            f"{run_dir} already has checkpoints but checkpoint.resume=never; choose another run.dir or remove it"
+        )
+    compat.check_resume_compatible(latest, read_run_config(latest), run_config)  # refused keys, named
+    return latest
+
+
+def open_val_split(cfg: RunConfig, manifest: dict[str, Any]) -> TokenSplit | None:
+    """The val split, or None (val loss skipped) when the shards hold no window of it."""
+    if finetune.is_sft(manifest):
+        return finetune.open_val(cfg, manifest)  # SFT: rows and assistant-only labels as in training
+    if not manifest["splits"].get("val", {}).get("files"):
+        return None
+    split = open_split(cfg.data.shards, "val", manifest)
+    return split if num_windows(split, cfg.train.seq_len) else None
+
+
+def seed_everything(seed: int) -> None:
+    """Init and data order use their own generators; this seeds dropout and any third-party randomness."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+# --- the run folder ---------------------------------------------------------------------------------
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Create or reopen the run folder: config, tokenizer copy; drop what marks it finished."""
+    run = RunDir(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(run)
+    # An unfinished run must not look like a complete artifact: manifest.json and summary.json come last.
+    for path in (run.manifest, run.summary):
+        path.unlink(missing_ok=True)
+    # JSON is valid YAML, and this keeps to the one atomic-write helper; `megalang train config.yaml` re-runs it.
+    write_json_atomic(run.config, cfg.model_dump(mode="json"))
+    copy_tokenizer(manifest, run.tokenizer)
+
+
+def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
+    """Copy the shards' tokenizer folder into the run, so export and generate need nothing outside it."""
+    source = Path(manifest.get("tokenizer_path") or "")
+    if not manifest.get("tokenizer_path") or not source.is_dir():
+        raise UserError(
+            f"data.shards: the tokenizer folder '{source}' named in its manifest is missing; restore it or "
+            "re-run `megalang data tokenize`"
+        )
+    if (dest / MANIFEST).is_file() and (source / MANIFEST).is_file() and \
+            sha256_file(dest / MANIFEST) == sha256_file(source / MANIFEST):
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
