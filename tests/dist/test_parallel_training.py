@@ -105,3 +105,13 @@ def test_pipeline_checkpoint_resumes_with_pipeline_and_on_one_process(dist_shard
         resume(run)
         assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
         assert_losses_match(metrics(run), metrics(single_run), range(5, STEPS + 1))
+
+
+def test_copy_until_keeps_only_what_the_checkpoint_covers(single_run, tmp_path):
+    """A resumed run that logged nothing after its checkpoint must fail the loss comparison, not pass on the
+    original run's lines."""
+    run = copy_until(single_run, tmp_path / "run", 4)
+    assert sorted(metrics(run)) == [1, 2, 3, 4] and sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-4"]
+    assert not (run / "summary.json").exists()
+    with pytest.raises(AssertionError, match="step 5 was not logged"):
+        assert_losses_match(metrics(run), metrics(single_run), range(5, STEPS + 1))
