@@ -1,33 +1,46 @@
 """One GPU: a ~1B Llama at sequence length 2048 in bf16, megalang vs HF Trainer, tokens/s and MFU.
 
-A prepared script for a GPU machine that finishes in under 10 minutes (H100/H200: about 5). Both runs
-start from the same initial weights and read the same micro-batches (synthetic tokens: throughput does not
+A prepared script for a GPU machine that finishes in under 10 minutes (H100/H200: about 5 with one repeat). Both
+runs start from the same initial weights and read the same micro-batches (synthetic tokens: throughput does not
 depend on what the tokens say). megalang runs its trainer with bf16 autocast, fused AdamW, the chunked
 linear + cross-entropy loss (train.fused_loss; --no-fused-loss for the plain one), per-block
 torch.compile and (optionally) activation checkpointing; HF Trainer runs with bf16=True, its own
-torch_compile and gradient checkpointing settings matched. MFU is against the GPU's dense bf16 datasheet
-peak (989 TFLOP/s for H100 SXM and H200), with the PaLM FLOPs count (6·N + attention).
+torch_compile and gradient checkpointing settings matched. Both clocks are read after a device sync, the first
+`WARMUP` steps are left out of both steady states, and with `--repeats N` the two run in turn N times
+(megalang, HF, megalang, HF, ...) and each one's median is reported. Equal work is checked as in
+bench/train_throughput.py: both trained models are scored on the same held-out batches. MFU is against the
+GPU's dense bf16 datasheet peak (989 TFLOP/s for H100 SXM and H200), with the PaLM FLOPs count (6·N + attention).
 Prints one JSON line.
 
-Usage: python bench/gpu_train.py [--preset 1b] [--seq-len 2048] [--micro-batch 4] [--steps 30] [--no-compile] [--ac]
-                                 [--no-fused-loss]
-On a machine without CUDA it refuses unless --allow-cpu (a smoke test with a small preset).
+Usage: python bench/gpu_train.py [--preset 1b] [--seq-len 2048] [--micro-batch 4] [--steps 30] [--repeats 1]
+                                 [--no-compile] [--ac] [--no-fused-loss]
+On a machine without CUDA it prints a `skipped` line and exits 0, unless --allow-cpu (a smoke test of the same
+code paths with a small preset: --preset debug --seq-len 64 --micro-batch 2 --steps 8 --no-compile).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import sys
+import shutil
 import tempfile
-import time
 from pathlib import Path
+from statistics import median
 
 import torch
+from _cuda import skip_without_cuda
 from _synthetic import synthetic_shards
+from _train_compare import (
+    WARMUP,
+    held_out_loss,
+    losses_agree,
+    megalang_steady_rate,
+    run_hf_trainer,
+)
 
-WARMUP = 5  # steps excluded from the steady state (compilation, allocator growth)
+HELD_OUT_BATCHES = 4
 
 
 def main() -> None:
@@ -36,19 +49,21 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--ac", action="store_true", help="activation checkpointing (both frameworks)")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--allow-cpu", action="store_true")
     parser.add_argument("--no-fused-loss", action="store_true", help="megalang with the plain logits + cross-entropy loss")
     args = parser.parse_args()
+    if not args.allow_cpu:
+        skip_without_cuda("gpu_train")
+    if args.steps <= WARMUP:
+        parser.error(f"--steps must exceed the {WARMUP} warm-up steps left out of the steady state")
     cuda = torch.cuda.is_available()
-    if not cuda and not args.allow_cpu:
-        sys.exit("bench/gpu_train.py: no CUDA device; run it on a GPU machine (or pass --allow-cpu for a smoke test)")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     torch.backends.cuda.matmul.allow_tf32 = True
 
-    from megalang.config import RunConfig
     from megalang.model.presets import get_preset
     from megalang.monitor.flops import flops_per_token, peak_flops
 
@@ -57,90 +72,80 @@ def main() -> None:
     tokens_per_step = args.micro_batch * args.seq_len
     result: dict = {"bench": "gpu_train", "device": torch.cuda.get_device_name() if cuda else "cpu",
                     "preset": args.preset, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
-                    "steps": args.steps, "compile": not args.no_compile, "activation_checkpointing": args.ac,
+                    "steps": args.steps, "repeats": args.repeats, "warmup_steps": WARMUP,
+                    "compile": not args.no_compile, "activation_checkpointing": args.ac,
                     "fused_loss": not args.no_fused_loss, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shards = synthetic_shards(root, tokens_per_step * (args.steps + 2) + 200_000, vocab, 200_000, 100_000)
-        cfg = RunConfig.model_validate({
-            "model": {"preset": args.preset}, "data": {"shards": str(shards)},
-            "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
-                      "precision": "bf16", "compile": not args.no_compile, "activation_checkpointing": args.ac,
-                      "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 5, "log_every": WARMUP, "eval_every": 0,
-                      "eval_batches": 1, "device": device, "fused_loss": not args.no_fused_loss},
-            "checkpoint": {"every": 0}, "run": {"dir": str(root / "run")}, "seed": 0,
-        })
-        from megalang.train.trainer import train
-
-        summary = train(cfg)
-        result["megalang_tokens_per_s"] = round(summary["tokens_per_s"], 1)
-        result["megalang_mfu"] = round(summary["mfu"], 4) if summary["mfu"] else None
-        result["megalang_loss_last"] = round(summary["train_loss_last"], 4)
-        if cuda:
-            result["megalang_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        runs: dict[str, list[dict]] = {"megalang": [], **({} if args.skip_hf else {"hf_trainer": []})}
+        for repeat in range(args.repeats):  # alternated, so a slow spell does not land on one contender only
+            cfg = run_config(args, shards, root / f"run-{repeat}", device)
+            runs["megalang"].append(run_megalang(cfg, device))
+            if not args.skip_hf:
+                runs["hf_trainer"].append(run_hf(cfg, root / f"hf-{repeat}", device, compile=not args.no_compile))
+        rates = {name: median(r["tokens_per_s"] for r in rs) for name, rs in runs.items()}
+        fpt = flops_per_token(runs["megalang"][0]["config"], args.seq_len)
+        peak = peak_flops(device, "bf16")
+        for name, rs in runs.items():
+            result[f"{name}_tokens_per_s"] = round(rates[name], 1)
+            result[f"{name}_runs_tokens_per_s"] = [round(r["tokens_per_s"], 1) for r in rs]
+            result[f"{name}_mfu"] = round(rates[name] * fpt / peak, 4) if peak else None
+            if cuda:
+                result[f"{name}_peak_memory_gb"] = max(r["peak_memory_gb"] for r in rs)
         if not args.skip_hf:
-            hf = run_hf_trainer(cfg, root, args, device)
-            fpt = flops_per_token(hf.pop("config"), args.seq_len)
-            peak = peak_flops(device, "bf16")
-            result["hf_trainer_tokens_per_s"] = round(hf["tokens_per_s"], 1)
-            result["hf_trainer_mfu"] = round(hf["tokens_per_s"] * fpt / peak, 4) if peak else None
-            result["hf_trainer_loss_last"] = round(hf["loss_last"], 4)
-            result["ratio_vs_hf_trainer"] = round(summary["tokens_per_s"] / hf["tokens_per_s"], 3)
+            result["ratio_vs_hf_trainer"] = round(rates["megalang"] / rates["hf_trainer"], 3)
+            result.update(losses_agree({name: rs[0]["held_out_loss"] for name, rs in runs.items()}, "bf16"))
     print(json.dumps(result))
 
 
-def run_hf_trainer(cfg, root: Path, args, device: str) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+def run_config(args, shards: Path, run_dir: Path, device: str):
+    from megalang.config import RunConfig
 
-    from megalang.data.loader import SampleLoader
-    from megalang.data.shards import open_split, read_shard_manifest
-    from megalang.model.build import build_model, special_ids
-    from megalang.train.optim import build_optimizer, build_scheduler
+    return RunConfig.model_validate({
+        "model": {"preset": args.preset}, "data": {"shards": str(shards)},
+        "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
+                  "precision": "bf16", "compile": not args.no_compile, "activation_checkpointing": args.ac,
+                  "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 5, "log_every": WARMUP, "eval_every": 0,
+                  "eval_batches": 1, "device": device, "fused_loss": not args.no_fused_loss, "progress": False},
+        "checkpoint": {"every": 0}, "metrics": {"report": False}, "run": {"dir": str(run_dir)}, "seed": 0,
+    })
 
-    manifest = read_shard_manifest(cfg.data.shards)
-    model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed, device)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
-    loader = SampleLoader(open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed)
-    steps = cfg.train.max_steps
 
-    class Batches(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            for step in range(steps):
-                input_ids, labels = loader.batch_at(step * loader.micro_batch)
-                labels = labels.contiguous()
-                yield {"input_ids": input_ids, "labels": labels, "shift_labels": labels}
+def start_measuring(device: str) -> None:
+    gc.collect()  # the previous contender's model and optimizer state go before this one's peak is measured
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
-    stamps: list[float] = []
-    losses: list[float] = []
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            if not stamps:
-                stamps.append(time.perf_counter())
+def peak_memory_gb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 1e9, 2) if device == "cuda" else None
 
-        def on_step_end(self, a, state, control, **kw):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
 
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+def run_megalang(cfg, device: str) -> dict:
+    from megalang.data.shards import read_shard_manifest
+    from megalang.train.checkpoint import load_trained_model
+    from megalang.train.trainer import train
 
-    targs = TrainingArguments(
-        output_dir=str(root / "hf"), max_steps=steps, per_device_train_batch_size=1, max_grad_norm=1.0,
-        bf16=True, use_cpu=device == "cpu", logging_steps=WARMUP, save_strategy="no", report_to=[],
-        dataloader_num_workers=0, disable_tqdm=True, seed=cfg.seed, remove_unused_columns=False,
-        torch_compile=cfg.train.compile, gradient_checkpointing=cfg.train.activation_checkpointing,
-    )
-    Trainer(model=model, args=targs, train_dataset=Batches(), data_collator=lambda items: items[0],
-            optimizers=(optimizer, scheduler), callbacks=[Clock()]).train()
-    tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    rate = (len(stamps) - 1 - WARMUP) * tokens / (stamps[-1] - stamps[WARMUP])
-    return {"tokens_per_s": rate, "loss_last": losses[-1] if losses else float("nan"), "config": model.config}
+    start_measuring(device)
+    train(cfg)
+    peak = peak_memory_gb(device)  # before the held-out evaluation adds its own
+    rate = megalang_steady_rate(cfg.run.dir, cfg.train.micro_batch_size * cfg.train.seq_len)
+    model, _ = load_trained_model(cfg.run.dir)  # the final checkpoint: what the trainer produced
+    model.to(device)
+    loss = held_out_loss(model, cfg, read_shard_manifest(cfg.data.shards), device, cfg.train.micro_batch_size,
+                         HELD_OUT_BATCHES)
+    shutil.rmtree(cfg.run.dir)  # a 1B checkpoint with its AdamW state is ~13 GB; repeats would fill the disk
+    return {"tokens_per_s": rate, "peak_memory_gb": peak, "held_out_loss": loss, "config": model.config}
+
+
+def run_hf(cfg, out: Path, device: str, compile: bool) -> dict:
+    start_measuring(device)
+    hf = run_hf_trainer(cfg, out, device, compile=compile)
+    peak = peak_memory_gb(device)
+    loss = held_out_loss(hf["model"], cfg, hf["manifest"], device, cfg.train.micro_batch_size, HELD_OUT_BATCHES)
+    return {"tokens_per_s": hf["tokens_per_s"], "peak_memory_gb": peak, "held_out_loss": loss}
 
 
 if __name__ == "__main__":

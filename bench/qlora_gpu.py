@@ -1,7 +1,8 @@
 """One GPU: QLoRA (4-bit NF4 base through bitsandbytes) against LoRA on the bf16-autocast fp32 base, on the real
 SmolLM2-135M-Instruct, through `megalang train`: peak GPU memory, tokens/s, first/last loss. Prints one JSON line.
 
-A prepared check for a CUDA machine (needs `pip install 'megalang[qlora,pretrained]'`; about a minute on an H100).
+A prepared check for a CUDA machine (needs `pip install 'megalang[qlora,pretrained]'`; about a minute on an H100);
+without CUDA it prints a `skipped` line and exits 0.
 Both runs read the same chats (every answer a planted phrase, so the loss must fall) with the same settings;
 the QLoRA run must show 4-bit linear layers and a falling loss.
 
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _cuda import skip_without_cuda
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PLANTED = "BANANA BANANA BANANA."
@@ -88,8 +89,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=8)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/qlora_gpu.py: no CUDA device; QLoRA needs one (bitsandbytes 4-bit kernels)")
+    skip_without_cuda("qlora_gpu")  # QLoRA needs CUDA (bitsandbytes 4-bit kernels)
     result: dict = {"bench": "qlora_gpu", "device": torch.cuda.get_device_name(), "steps": args.steps,
                     "rank": args.rank, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
                     "torch": torch.__version__}

@@ -3,8 +3,9 @@
 All three start from the same initial weights (megalang's preset built from the same seed), read the same
 micro-batches in the same order (megalang's SampleLoader over real shards of the Python standard library),
 and step the same AdamW (β 0.9/0.95, ε 1e-8, decay on matrices) with the same warmup + cosine schedule and
-grad clip 1.0. Tokens/s is the steady state: the first `WARMUP` steps (allocation, caches) are excluded.
-Equal work is checked by the loss of each trained model on the same held-out batches.
+grad clip 1.0. Tokens/s is the steady state: the first `WARMUP` steps (allocation, caches) are excluded for
+all three (megalang's from the intervals its trainer logs). Equal work is checked by the loss of each trained
+model on the same held-out batches, within `LOSS_TOLERANCE` (bench/_train_compare.py).
 
 With `--repeats N` the three run in turn N times (megalang, bare, HF, megalang, ...) and each one's median
 tokens/s is reported, so a slow spell of a shared machine does not land on one contender only.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import tempfile
@@ -32,8 +32,15 @@ from statistics import median
 
 import torch
 import torch.nn.functional as F
-
-WARMUP = 5
+from _train_compare import (
+    WARMUP,
+    fresh,
+    held_out_loss,
+    losses_agree,
+    megalang_steady_rate,
+    run_hf_trainer,
+    steady_rate,
+)
 
 
 def build_shards(root: Path) -> Path:
@@ -67,41 +74,8 @@ def run_config(shards: Path, run_dir: Path, preset: str, precision: str, steps: 
     })
 
 
-def fresh(cfg):
-    """Initial model, optimizer, schedule and loader exactly as megalang's trainer builds them."""
-    from megalang.data.loader import SampleLoader
-    from megalang.data.shards import open_split, read_shard_manifest
-    from megalang.model.build import build_model, special_ids
-    from megalang.train.optim import build_optimizer, build_scheduler
-
-    manifest = read_shard_manifest(cfg.data.shards)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed)
-    model.train()
-    optimizer = build_optimizer(model, cfg.train)
-    loader = SampleLoader(open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len,
-                          cfg.train.micro_batch_size, cfg.seed)
-    return model, optimizer, build_scheduler(optimizer, cfg.train), loader, manifest
-
-
 def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
-def steady_rate(stamps: list[float], tokens_per_step: int) -> float:
-    return (len(stamps) - 1 - WARMUP) * tokens_per_step / (stamps[-1] - stamps[WARMUP])
-
-
-@torch.no_grad()
-def held_out_loss(model, cfg, manifest) -> float:
-    from megalang.data.loader import eval_batches
-    from megalang.data.shards import open_split
-
-    model.eval()
-    losses = []
-    for input_ids, labels in eval_batches(open_split(cfg.data.shards, "val", manifest), cfg.train.seq_len, 16, 4):
-        losses.append(F.cross_entropy(model(input_ids=input_ids).logits.float().flatten(0, 1), labels.flatten()).item())
-    return sum(losses) / len(losses)
 
 
 def run_megalang(cfg) -> dict:
@@ -111,7 +85,8 @@ def run_megalang(cfg) -> dict:
 
     summary = train(cfg)
     model, _ = load_trained_model(cfg.run.dir)
-    return {"tokens_per_s": summary["tokens_per_s"], "mfu": summary["mfu"],
+    rate = megalang_steady_rate(cfg.run.dir, cfg.train.micro_batch_size * cfg.train.seq_len)
+    return {"tokens_per_s": rate, "mfu": rate * summary["flops_per_token"] / summary["peak_flops"],
             "held_out_loss": held_out_loss(model, cfg, read_shard_manifest(cfg.data.shards))}
 
 
@@ -132,44 +107,9 @@ def run_bare_loop(cfg) -> dict:
     return {"tokens_per_s": steady_rate(stamps, tokens), "held_out_loss": held_out_loss(model, cfg, manifest)}
 
 
-def run_hf_trainer(cfg, out: Path) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    model, optimizer, scheduler, loader, manifest = fresh(cfg)
-    steps = cfg.train.max_steps
-
-    class Batches(torch.utils.data.IterableDataset):
-        """The same micro-batches in the same order; `shift_labels` hands HF's loss the already-shifted
-        targets, so it scores exactly the tokens the other two loops score."""
-
-        def __iter__(self):  # by position, not by advancing the loader: a re-created iterator starts over
-            for step in range(steps):
-                input_ids, labels = loader.batch_at(step * loader.micro_batch)
-                labels = labels.contiguous()
-                yield {"input_ids": input_ids, "labels": labels, "shift_labels": labels}
-
-    class Clock(TrainerCallback):
-        stamps: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kw):
-            if not self.stamps:
-                self.stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            self.stamps.append(time.perf_counter())
-
-    args = TrainingArguments(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=1, max_grad_norm=1.0,
-        bf16=cfg.train.precision == "bf16", use_cpu=True, logging_steps=steps, save_strategy="no",
-        report_to=[], dataloader_num_workers=0, disable_tqdm=True, seed=cfg.seed,
-        remove_unused_columns=False,  # keep `shift_labels`: otherwise HF shifts the already-shifted labels again
-    )
-    clock = Clock()
-    trainer = Trainer(model=model, args=args, train_dataset=Batches(), data_collator=lambda items: items[0],
-                      optimizers=(optimizer, scheduler), callbacks=[clock])
-    trainer.train()
-    tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    return {"tokens_per_s": steady_rate(clock.stamps, tokens), "held_out_loss": held_out_loss(model, cfg, manifest)}
+def run_hf(cfg, out: Path) -> dict:
+    hf = run_hf_trainer(cfg, out)
+    return {"tokens_per_s": hf["tokens_per_s"], "held_out_loss": held_out_loss(hf["model"], cfg, hf["manifest"])}
 
 
 def main() -> None:
@@ -199,10 +139,9 @@ def main() -> None:
                                  fused_loss=not args.no_fused_loss, compile=args.compile)
                 runs["megalang"].append(run_megalang(cfg))
                 runs["bare_loop"].append(run_bare_loop(cfg))
-                runs["hf_trainer"].append(run_hf_trainer(cfg, root / f"hf-{precision}-{repeat}"))
+                runs["hf_trainer"].append(run_hf(cfg, root / f"hf-{precision}-{repeat}"))
             rate = {name: median([r["tokens_per_s"] for r in rs]) for name, rs in runs.items()}
             losses = {name: rs[0]["held_out_loss"] for name, rs in runs.items()}
-            spread = max(losses.values()) - min(losses.values())
             result[precision] = {
                 "megalang_tokens_per_s": round(rate["megalang"], 1),
                 "hf_trainer_tokens_per_s": round(rate["hf_trainer"], 1),
@@ -212,8 +151,7 @@ def main() -> None:
                 "runs_tokens_per_s": {name: [round(r["tokens_per_s"]) for r in rs] for name, rs in runs.items()},
                 "megalang_mfu": round(median([r["mfu"] for r in runs["megalang"]]), 4) if runs["megalang"][0]["mfu"] else None,
                 "matmul_peak_flops": measure_cpu_peak_flops(dtype),
-                "held_out_loss": {name: round(loss, 4) for name, loss in losses.items()},
-                "losses_agree": spread <= (1e-3 if precision == "fp32" else 2e-2) * math.fabs(min(losses.values())),
+                **losses_agree(losses, precision),
             }
     print(json.dumps(result))
 

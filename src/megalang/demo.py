@@ -37,7 +37,10 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: str = "tiny", console=None) -> dict[str, Any]:
+def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: str = "tiny", console=None,
+         corpus: str | Path | None = None, vocab_size: int = 8192) -> dict[str, Any]:
+    """Every stage, then the summary (also written to OUT/summary.json). `corpus` (default: the standard library's
+    source; it must hold some of VAL_MODULES) and `vocab_size` let a test run the same driver on a few files."""
     from megalang.data.pipeline import prepare
     from megalang.data.tokenize import tokenize
     from megalang.data.tokenizer import train_tokenizer
@@ -62,8 +65,9 @@ def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: st
 
     out.mkdir(parents=True, exist_ok=True)
     data, tok, shards, run, export_dir = (out / n for n in ("data", "tokenizer", "shards", "run", "export"))
-    stage("prepare", data, prepare, PrepareConfig(inputs=[str(stdlib_dir())], out=str(data), exclude=EXCLUDE))
-    stage("tokenizer", tok, train_tokenizer, TokenizerTrainConfig(input=str(data), out=str(tok), vocab_size=8192))
+    source = str(corpus if corpus is not None else stdlib_dir())
+    stage("prepare", data, prepare, PrepareConfig(inputs=[source], out=str(data), exclude=EXCLUDE))
+    stage("tokenizer", tok, train_tokenizer, TokenizerTrainConfig(input=str(data), out=str(tok), vocab_size=vocab_size))
     stage("tokenize", shards, tokenize, TokenizeConfig(input=str(data), tokenizer=str(tok), out=str(shards), val_fraction=0, val_sources=VAL_MODULES))
 
     recipe = load_yaml(DEMO_RECIPE)

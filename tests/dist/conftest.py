@@ -55,16 +55,23 @@ def metrics(run_dir: Path) -> dict[int, dict]:
 
 
 def copy_until(run_dir: Path, dest: Path, step: int) -> Path:
-    """A copy of a finished run cut back to its checkpoint at `step` (later checkpoints removed)."""
+    """A copy of a finished run cut back to its checkpoint at `step`: later checkpoints removed, metrics.jsonl
+    trimmed to the steps up to it and no summary or manifest, so every later record must come from the resumed
+    run (a resumed run that stopped logging would otherwise pass on the original's lines)."""
     shutil.copytree(run_dir, dest)
     for path in (dest / "checkpoints").iterdir():
         if int(path.name.split("-")[1]) > step:
             shutil.rmtree(path)
+    lines = (dest / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (dest / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+    for name in ("summary.json", "manifest.json"):
+        (dest / name).unlink(missing_ok=True)
     return dest
 
 
 def assert_losses_match(run: dict[int, dict], reference: dict[int, dict], steps, rel: float = 1e-4) -> None:
     for step in steps:
+        assert step in run, f"step {step} was not logged (logged: {sorted(run)})"
         got, want = run[step]["loss"], reference[step]["loss"]
         assert abs(got - want) <= rel * abs(want), f"step {step}: loss {got} vs single process {want}"
 

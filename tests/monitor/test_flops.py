@@ -1,5 +1,7 @@
 """monitor/flops.py: FLOPs per token against the real model's matmul weights, peaks, MFU."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,8 @@ from megalang.config import ModelConfig
 from megalang.model.build import build_model
 from megalang.monitor import flops
 from megalang.monitor.flops import flops_per_token, measure_cpu_peak_flops, mfu, peak_flops
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_flops_per_token_is_6n_plus_attention():
@@ -27,6 +31,17 @@ def test_cpu_peak_is_measured_once_per_process():
     rate = measure_cpu_peak_flops()
     assert 1e8 < rate < 1e14
     assert peak_flops("cpu", "fp32") is rate  # cached, not re-measured
+
+
+def test_cpu_peak_is_the_2048_square_matmul_the_docs_name(monkeypatch):
+    """The MFU docs name the matrix size of the CPU peak; the size peak_flops measures is the same."""
+    calls = []
+    monkeypatch.setattr(flops, "_measure_mm", lambda dtype, n, reps: calls.append((dtype, n)) or 1e11)
+    assert peak_flops("cpu", "bf16") == 1e11
+    assert calls == [(torch.bfloat16, 2048)]
+    for doc in ("docs/benchmarks.md", "docs/monitoring.md"):
+        text = (ROOT / doc).read_text()
+        assert "2048²" in text and "4096²" not in text, doc
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The planner against measurement: predicted peak memory and step FLOPs of `megalang plan` versus what a
 real CPU training step of the debug and tiny presets allocates (torch's MemTracker / FSDPMemTracker) and
-computes (torch's FlopCounterMode), on one process and on 2 FSDP2 ranks, within 15%. Parity target: torch's
-own counters."""
+computes (torch's FlopCounterMode), on one process and on 2 FSDP2 ranks: within 5 %, except the FSDP2 rank's peak
+memory, which the planner puts 5.1 % low (the figures docs/planning.md states). Parity target: torch's own
+counters."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ from .conftest import run_config
 from .measure import measure_step
 
 TESTS = Path(__file__).resolve().parents[1]
-TOLERANCE = 0.15
+TOLERANCE = 0.05  # docs/planning.md: within 5 %
+FSDP_MEMORY_TOLERANCE = 0.051  # docs/planning.md: the FSDP2 rank's peak memory is predicted 5.1 % low
+
+
+def rel(predicted: float, measured: float) -> str:
+    return f"{(predicted - measured) / measured:+.2%}"
 
 
 def plan_for(t: trainer.Trainer, ac: bool, ranks: int = 1) -> PlanConfig:
@@ -53,8 +59,9 @@ def test_planner_predicts_measured_peak_memory_and_step_flops(shards_2k, tmp_pat
     shape = resolve_shape(plan)
     predicted = memory_per_gpu(shape, plan)
     predicted_flops = step_flops(shape, seq_len, seq_len * batch, ac)
-    print(f"{preset} ac={ac}: peak predicted {predicted['total'] / 2**20:.2f} MiB, measured {measured_bytes / 2**20:.2f} MiB;"
-          f" FLOPs predicted {predicted_flops:.4g}, measured {measured_flops:.4g}")
+    print(f"{preset} ac={ac}: peak predicted {predicted['total'] / 2**20:.2f} MiB, measured {measured_bytes / 2**20:.2f} MiB"
+          f" ({rel(predicted['total'], measured_bytes)}); FLOPs predicted {predicted_flops:.4g}, measured"
+          f" {measured_flops:.4g} ({rel(predicted_flops, measured_flops)})")
     assert predicted["total"] == pytest.approx(measured_bytes, rel=TOLERANCE), (predicted, measured_bytes)
     assert predicted_flops == pytest.approx(measured_flops, rel=TOLERANCE)
 
@@ -80,8 +87,10 @@ def test_planner_predicts_fsdp2_rank_peak_memory_and_flops(shards_2k, tmp_path):
     plan = plan_for(t, False, ranks=2)
     shape = resolve_shape(plan)
     predicted = memory_per_gpu(shape, plan)
+    flops = step_flops(shape, seq_len, seq_len * batch, False)
     print(f"fsdp2 x2: peak predicted {predicted['total'] / 2**20:.2f} MiB, measured "
-          f"{[round(r['peak'] / 2**20, 2) for r in ranks]} MiB")
+          f"{[round(r['peak'] / 2**20, 2) for r in ranks]} MiB ({[rel(predicted['total'], r['peak']) for r in ranks]});"
+          f" FLOPs ({[rel(flops, r['flops']) for r in ranks]})")
     for rank in ranks:
-        assert predicted["total"] == pytest.approx(rank["peak"], rel=TOLERANCE), (predicted, rank)
-        assert step_flops(shape, seq_len, seq_len * batch, False) == pytest.approx(rank["flops"], rel=TOLERANCE)
+        assert predicted["total"] == pytest.approx(rank["peak"], rel=FSDP_MEMORY_TOLERANCE), (predicted, rank)
+        assert flops == pytest.approx(rank["flops"], rel=TOLERANCE)

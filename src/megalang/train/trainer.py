@@ -172,6 +172,8 @@ def log(
     t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val_loss: float | None, evals: dict | None = None
 ) -> None:
     """The only place a step reads values back from the device (.item() syncs)."""
+    if t.device.type == "cuda":  # the clock must time finished steps, not queued ones (.item() below waits anyway)
+        torch.cuda.synchronize(t.device)
     tokens_per_s, step_time = t.clock.measure(t.tokens_per_step)
     if t.dims is not None:
         loss = world_mean(loss, t.dims.world // t.dims.pp)  # the data ranks' mean, from the last stage
