@@ -30,7 +30,7 @@ class PrepareConfig(Section):
     out: str = Field(description="output artifact folder")
     exclude: list[str] = Field(default_factory=list, description="glob patterns on file paths to skip while walking")
     text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
-    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form")
+    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form: NFC, NFKC or none")
     min_chars: int = Field(16, ge=0, description="drop documents shorter than this after normalisation")
     max_doc_bytes: int = Field(64 << 20, ge=1, description="refuse a single document larger than this")
     steps: list[str] = Field(
@@ -44,7 +44,7 @@ class PrepareConfig(Section):
     overwrite: bool = Field(False, description="replace an existing output folder")
     # --- issue #5: quality, near-dedup, scrubbing, decontamination, execution (see docs/data.md) ---
     kind: Literal["auto", "web", "books", "code", "chat"] = Field(
-        "auto", description="source kind choosing the quality filters; auto: code suffix→code, .txt/.md→books, else web"
+        "auto", description="quality-filter source kind: auto, web, books, code, chat; auto: code suffix→code, .txt/.md→books, else web"
     )
     kinds: dict[str, Literal["web", "books", "code", "chat"]] = Field(
         default_factory=dict, description="glob on a document's source path → kind; overrides `kind`"
@@ -108,8 +108,8 @@ class TokenizerTrainConfig(Section):
         300_000, ge=1, description="training sentences sampled (each a run of up to 8 lines, newlines kept)"
     )
     max_sentence_length: int = Field(8192, ge=16, description="longer lines are skipped by SentencePiece")
-    seed: int = 1234
-    overwrite: bool = False
+    seed: int = Field(1234, description="seeds the sentence sample")
+    overwrite: bool = Field(False, description="replace an existing output folder")
 
 
 class CurriculumConfig(Section):
@@ -149,7 +149,7 @@ class TokenizeConfig(Section):
     tokens_per_shard: int = Field(1 << 28, ge=1024, description="tokens per .bin file before starting a new one")
     batch_docs: int = Field(1024, ge=1, description="documents encoded per batch")
     curriculum: CurriculumConfig = Field(default_factory=lambda: CurriculumConfig())
-    overwrite: bool = False
+    overwrite: bool = Field(False, description="replace an existing output folder")
 
 
 class SftTokenizeConfig(Section):
@@ -162,7 +162,7 @@ class SftTokenizeConfig(Section):
     val_fraction: float = Field(
         0.0, ge=0, lt=1, description="without val_input: examples of input held out as val (by a hash of each example)"
     )
-    overwrite: bool = False
+    overwrite: bool = Field(False, description="replace an existing output folder")
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ class PlanConfig(Section):
     pp: int = Field(1, ge=1, description="pipeline stages (1F1B schedule)")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward (keeps its input only)")
     fused_loss: bool = Field(True, description="train.fused_loss: output layer + loss in token chunks (no full logits)")
-    precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision (master weights fp32)")
+    precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision: bf16, fp16, fp8 or fp32 (master weights fp32)")
     mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for time estimates")
     deadline_days: float | None = Field(None, gt=0, description="wall-clock budget; the verdict checks it")
 

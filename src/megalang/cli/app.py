@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
@@ -78,3 +79,37 @@ def split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 
 def counts_line(counts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
+
+
+# --- options read from the config models ------------------------------------------------------------
+
+
+def field_option(model: type[BaseModel], name: str, *param_decls: str, prefix: str = "", suffix: str = "", **kwargs: Any) -> Any:
+    """A typer.Option whose help is the description of `model.name` and whose shown default is the field's default,
+    so the CLI never repeats either. Declare the parameter Optional with `= None` and pass it through `given`: an
+    option left unset stays out of the config, and the model's own default applies."""
+    field = model.model_fields[name]
+    text = f"{prefix}{field.description}{suffix}"
+    if text.split(" ", 1)[0].rstrip(",;").isalpha():  # not "strict: …" or "a100-40gb, …": a value keeps its case
+        text = text[:1].upper() + text[1:]
+    help_ = text + ("" if text.endswith(".") else ".")
+    shown = None if field.is_required() else shown_default(name, field.get_default(call_default_factory=True))
+    if shown is not None:
+        help_ += f"  [default: {shown}]"
+    return typer.Option(*param_decls, help=help_, show_default=False, **kwargs)
+
+
+def shown_default(name: str, default: Any) -> str | None:
+    """A default as click prints one: a flag by its name, a list comma-separated; nothing for None or empty."""
+    if isinstance(default, bool):
+        flag = name.replace("_", "-")
+        return flag if default else f"no-{flag}"
+    if default is None or (isinstance(default, (list, dict)) and not default):
+        return None
+    return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set; unset ones (None) are left out so the config's defaults apply."""
+    return {k: v for k, v in options.items() if v is not None}
+

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from megalang.cli.app import app, out, split_recipe, user_errors
-from megalang.config import RunConfig, build_config, config_help, load_config
+from megalang.cli.app import app, field_option, given, out, split_recipe, user_errors
+from megalang.config import PlanConfig, RunConfig, ShapeConfig, build_config, config_help, load_config
 
 # --- train / eval / export / generate ---------------------------------------------------------------
 
@@ -107,50 +107,49 @@ def demo_cmd(
 @user_errors
 def plan_cmd(
     recipe: Annotated[Optional[str], typer.Argument(help="Plan YAML (keys as below); options override it.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Model preset (debug … 100b).")] = None,
-    params: Annotated[Optional[str], typer.Option(help="Parameter count, e.g. 7e9 or 100B; a Llama-like shape is derived.")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(help="Shape: model width (with --layers, --intermediate-size, --heads).")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Shape: decoder blocks.")] = None,
-    intermediate_size: Annotated[Optional[int], typer.Option(help="Shape: MLP width.")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Shape: query heads.")] = None,
-    kv_heads: Annotated[Optional[int], typer.Option(help="Shape: key/value heads (default: --heads).")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Shape: vocabulary size.")] = None,
-    tokens: Annotated[Optional[str], typer.Option(help="Training tokens in total, e.g. 2e12 or 10T.")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence.")] = None,
-    global_batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step.")] = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass per GPU.")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="a100-40gb, a100-80gb, h100, h200, b200 or cpu.")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="GPUs in total.")] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per NVLink node.")] = None,
-    sharding: Annotated[Optional[str], typer.Option(help="ddp, zero1, zero2 or zero3 (FSDP).")] = None,
-    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel degree.")] = None,
-    pp: Annotated[Optional[int], typer.Option(help="Pipeline stages.")] = None,
-    activation_checkpointing: Annotated[
-        Optional[bool], typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="Recompute blocks in backward.")
+    preset: Annotated[Optional[str], field_option(PlanConfig, "preset")] = None,
+    params: Annotated[Optional[str], field_option(PlanConfig, "params", suffix=", e.g. 7e9 or 100B")] = None,
+    hidden_size: Annotated[
+        Optional[int], field_option(ShapeConfig, "hidden_size", prefix="Shape: ", suffix=" (with --layers, --intermediate-size, --heads)")
     ] = None,
-    precision: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp8 or fp32.")] = None,
-    mfu: Annotated[Optional[float], typer.Option(help="Assumed model FLOPs utilisation (default 0.4).")] = None,
-    deadline_days: Annotated[Optional[float], typer.Option(help="Wall-clock budget in days.")] = None,
+    layers: Annotated[Optional[int], field_option(ShapeConfig, "num_layers", "--layers", prefix="Shape: ")] = None,
+    intermediate_size: Annotated[Optional[int], field_option(ShapeConfig, "intermediate_size", prefix="Shape: ")] = None,
+    heads: Annotated[Optional[int], field_option(ShapeConfig, "num_heads", "--heads", prefix="Shape: ")] = None,
+    kv_heads: Annotated[Optional[int], field_option(ShapeConfig, "num_kv_heads", "--kv-heads", prefix="Shape: ")] = None,
+    vocab_size: Annotated[Optional[int], field_option(ShapeConfig, "vocab_size", prefix="Shape: ")] = None,
+    tokens: Annotated[Optional[str], field_option(PlanConfig, "tokens", suffix=", e.g. 2e12 or 10T")] = None,
+    seq_len: Annotated[Optional[int], field_option(PlanConfig, "seq_len")] = None,
+    global_batch_tokens: Annotated[Optional[int], field_option(PlanConfig, "global_batch_tokens")] = None,
+    micro_batch_size: Annotated[Optional[int], field_option(PlanConfig, "micro_batch_size")] = None,
+    gpu: Annotated[Optional[str], field_option(PlanConfig, "gpu")] = None,
+    gpus: Annotated[Optional[int], field_option(PlanConfig, "gpus")] = None,
+    gpus_per_node: Annotated[Optional[int], field_option(PlanConfig, "gpus_per_node")] = None,
+    sharding: Annotated[Optional[str], field_option(PlanConfig, "sharding")] = None,
+    tp: Annotated[Optional[int], field_option(PlanConfig, "tp")] = None,
+    pp: Annotated[Optional[int], field_option(PlanConfig, "pp")] = None,
+    activation_checkpointing: Annotated[Optional[bool], field_option(PlanConfig, "activation_checkpointing")] = None,
+    precision: Annotated[Optional[str], field_option(PlanConfig, "precision")] = None,
+    mfu: Annotated[Optional[float], field_option(PlanConfig, "mfu")] = None,
+    deadline_days: Annotated[Optional[float], field_option(PlanConfig, "deadline_days")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """FLOPs, memory per GPU, tokens/s, days and a verdict for a training plan; exit 1 when it is not feasible."""
-    from megalang.config import PlanConfig, load_yaml
+    from megalang.config import load_yaml
     from megalang.plan import format_plan, parse_count, plan
 
     data = load_yaml(recipe) if recipe else {}
-    shape = {k: v for k, v in dict(hidden_size=hidden_size, num_layers=layers, intermediate_size=intermediate_size,
-                                   num_heads=heads, num_kv_heads=kv_heads, vocab_size=vocab_size).items() if v is not None}
+    shape = given(hidden_size=hidden_size, num_layers=layers, intermediate_size=intermediate_size, num_heads=heads,
+                  num_kv_heads=kv_heads, vocab_size=vocab_size)
     chosen = {"preset": preset, "params": parse_count(params, "--params") if params else None, "shape": shape or None}
     if any(v is not None for v in chosen.values()):
         for key in chosen:
             data.pop(key, None)
         data.update({k: v for k, v in chosen.items() if v is not None})
-    options = dict(tokens=parse_count(tokens, "--tokens") if tokens else None, seq_len=seq_len,
-                   global_batch_tokens=global_batch_tokens, micro_batch_size=micro_batch_size, gpu=gpu, gpus=gpus,
-                   gpus_per_node=gpus_per_node, sharding=sharding, tp=tp, pp=pp,
-                   activation_checkpointing=activation_checkpointing, precision=precision, mfu=mfu,
-                   deadline_days=deadline_days)
-    data.update({k: v for k, v in options.items() if v is not None})
+    data.update(given(tokens=parse_count(tokens, "--tokens") if tokens else None, seq_len=seq_len,
+                      global_batch_tokens=global_batch_tokens, micro_batch_size=micro_batch_size, gpu=gpu, gpus=gpus,
+                      gpus_per_node=gpus_per_node, sharding=sharding, tp=tp, pp=pp,
+                      activation_checkpointing=activation_checkpointing, precision=precision, mfu=mfu,
+                      deadline_days=deadline_days))
     result = plan(build_config(PlanConfig, data, recipe or "options"))
     out.print(json.dumps(result, indent=2) if as_json else format_plan(result), markup=False)
     if not result["feasible"]:
