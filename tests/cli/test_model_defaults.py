@@ -1,7 +1,9 @@
 """CLI options that set a config field take their help and default from the pydantic model (cli/app.field_option),
-and an option left unset leaves the model's default in force."""
+and an option left unset leaves the model's default in force; the eval commands share EvalOptions."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 from typer.main import get_command
@@ -13,8 +15,10 @@ from megalang.config import (
     ClassifierTrainConfig, PlanConfig, PrepareConfig, ShapeConfig, SftTokenizeConfig, TokenizeConfig,
     TokenizerTrainConfig,
 )
+from megalang.evaluate.common import EvalOptions
 
 runner = CliRunner()
+EVALS = ("perplexity", "choice", "classify", "generate", "robustness", "harness")
 
 # command → the models its options set
 MODELS = {
@@ -23,14 +27,17 @@ MODELS = {
     ("data", "tokenize"): (TokenizeConfig,),
     ("tokenizer", "train"): (TokenizerTrainConfig,),
     ("plan",): (PlanConfig, ShapeConfig),
+    **{("eval", name): (EvalOptions,) for name in EVALS},
 }
 # CLI parameter → the field it sets, where the names differ
-RENAMED = {"input": "inputs", "out_dir": "out", "val_source": "val_sources", "layers": "num_layers",
+RENAMED = {"input": "inputs", "out_dir": "out", "out_file": "out", "val_source": "val_sources", "layers": "num_layers",
            "heads": "num_heads", "kv_heads": "num_kv_heads"}
 # Options named like a field that deliberately do not read it
 OWN_HELP = {
     # --input / --tokenizer / --out also mean the SFT config's input / model / out (--format sft)
     ("data", "tokenize"): {"input", "tokenizer", "out_dir"},
+    # a perplexity window is seq_len tokens, so its batch size (8) is not the other evals' (16)
+    ("eval", "perplexity"): {"batch_size"},
 }
 
 
@@ -85,6 +92,20 @@ def test_the_mapping_covers_the_options_the_issue_names():
     assert {"val_fraction", "val_source", "overwrite"} <= names[("data", "tokenize")]
     assert {"vocab_size", "max_sentences"} <= names[("tokenizer", "train")]
     assert {"seq_len", "gpus", "sharding", "mfu", "layers", "vocab_size"} <= names[("plan",)]
+    for name in EVALS:
+        assert {"model", "out_file"} <= names[("eval", name)]
+    for name in ("choice", "classify", "robustness", "harness"):
+        assert {"batch_size", "limit"} <= names[("eval", name)]
+
+
+def test_shared_eval_options_read_the_same_everywhere():
+    """Same name → same help and default in every eval command (harness's --limit counts per task)."""
+    seen: dict[str, tuple] = {}
+    for name in EVALS:
+        for param, _, field in mapped(("eval", name)):
+            help_ = param.help.replace(" of each task.", ".") if name == "harness" and field == "limit" else param.help
+            assert seen.setdefault(field, (param.opts, help_, param.default)) == (param.opts, help_, param.default), (name, field)
+    assert set(seen) == {"model", "out", "batch_size", "limit", "max_length"}
 
 
 # --- unset options: the stage receives the model's defaults ---------------------------------------
@@ -136,3 +157,43 @@ def test_plan_options_override_the_recipe_only_when_given(capture, tmp_path):
     recipe.write_text("preset: debug\ntokens: 1.0e9\nseq_len: 512\ngpus: 4\n")
     assert runner.invoke(app, ["plan", str(recipe), "--gpus", "2", "--json"]).exit_code == 0
     assert calls[0][0][0] == PlanConfig(preset="debug", tokens=1e9, seq_len=512, gpus=2)
+
+
+def _evaluate_functions():
+    from megalang.evaluate.choice import evaluate_choice
+    from megalang.evaluate.classify import evaluate_classify
+    from megalang.evaluate.harness import evaluate_harness
+    from megalang.evaluate.robustness import evaluate_robustness
+    from megalang.evaluate.textgen import evaluate_generate
+
+    return [evaluate_choice, evaluate_classify, evaluate_generate, evaluate_robustness, evaluate_harness]
+
+
+def test_evaluate_functions_default_like_eval_options():
+    """Python callers get the CLI's defaults too."""
+    for fn in _evaluate_functions():
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in EvalOptions.model_fields and p.default is not inspect.Parameter.empty:
+                assert p.default == EvalOptions.model_fields[name].default, (fn.__name__, name)
+
+
+@pytest.mark.parametrize(
+    "args, target",
+    [
+        (["eval", "choice", "--data", "d.jsonl"], "megalang.evaluate.choice.evaluate_choice"),
+        (["eval", "classify", "--data", "d.jsonl"], "megalang.evaluate.classify.evaluate_classify"),
+        (["eval", "generate", "--data", "d.jsonl"], "megalang.evaluate.textgen.evaluate_generate"),
+        (["eval", "robustness", "--data", "d.jsonl"], "megalang.evaluate.robustness.evaluate_robustness"),
+        (["eval", "harness", "--tasks", "t"], "megalang.evaluate.harness.evaluate_harness"),
+    ],
+    ids=["choice", "classify", "generate", "robustness", "harness"],
+)
+def test_eval_commands_pass_the_shared_defaults(capture, args, target):
+    calls = capture(target, {})
+    result = runner.invoke(app, [*args, "--model", "m.gguf"])
+    assert result.exit_code == 0, result.output
+    args_, kwargs = calls[0]
+    assert args_[0] == "m.gguf" and kwargs["out"] is None
+    for name in ("batch_size", "limit", "max_length"):
+        if name in kwargs:
+            assert kwargs[name] == EvalOptions.model_fields[name].default, name

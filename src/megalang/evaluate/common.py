@@ -1,4 +1,5 @@
-"""What every eval kind shares: reading JSONL eval sets line by line with schema checks, and the result JSON.
+"""What every eval kind shares: its common options, reading JSONL eval sets line by line with schema checks, and
+the result JSON.
 
 Errors name the file and line, so a bad record in a 10 000-line set is found at once.
 """
@@ -9,10 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from megalang import __version__
 from megalang.errors import UserError
 from megalang.jsonl import json_objects
 from megalang.store.files import sha256_file, write_json_atomic
+
+
+class EvalOptions(BaseModel):
+    """The options every `megalang eval` command shares, declared once: the CLI builds them from these fields
+    (help, defaults) and passes them to the evaluate_* functions by keyword."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="run folder, exported Hugging Face folder or .gguf file")
+    out: str | None = Field(None, description="write the result JSON here")
+    batch_size: int = Field(16, description="items per forward pass")
+    limit: int | None = Field(None, description="use only the first N items")
+    max_length: int | None = Field(None, description="longest model input in tokens (default: the model's positions)")
 
 
 @dataclass(frozen=True)
