@@ -113,3 +113,18 @@ def given(**options: Any) -> dict[str, Any]:
     """The options the user set; unset ones (None) are left out so the config's defaults apply."""
     return {k: v for k, v in options.items() if v is not None}
 
+
+def passed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave parameter `name` (by its Python name), whatever its value."""
+    # By name: typer vendors its own click, so click's ParameterSource enum is not the one typer returns.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def refuse_unused(ctx: typer.Context, names: list[str], why: str) -> None:
+    """Refuse the first option among `names` (parameter names) given on the command line although `why` says it is
+    not used; a silently ignored option would make a user believe it took effect."""
+    for param in ctx.command.params:
+        if param.name in names and passed(ctx, param.name):
+            flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            raise UserError(f"{flag}: {why}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from megalang.cli.app import (
-    classifier_app, counts_line, data_app, field_option, given, out, tokenizer_app, user_errors,
+    classifier_app, counts_line, data_app, field_option, given, out, refuse_unused, tokenizer_app, user_errors,
 )
 from megalang.config import ClassifierTrainConfig, PrepareConfig, TokenizeConfig, TokenizerTrainConfig, build_config
 from megalang.errors import UserError
@@ -18,6 +18,7 @@ from megalang.errors import UserError
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
+    ctx: typer.Context,
     input: Annotated[list[str], field_option(PrepareConfig, "inputs", "--input", "-i", suffix="; repeat for more")],
     out_dir: Annotated[str, field_option(PrepareConfig, "out", "--out", "-o")],
     text_field: Annotated[Optional[str], field_option(PrepareConfig, "text_field")] = None,
@@ -53,6 +54,8 @@ def data_prepare(
         chosen.insert(chosen.index("length") + 1 if "length" in chosen else 0, "decontaminate")
     options["steps"] = chosen
     cfg = build_config(PrepareConfig, deep_merge(options, parse_overrides(set_ or [])))
+    if "quality" not in cfg.steps:
+        refuse_unused(ctx, ["kind"], f"only the quality step reads it, and --steps {','.join(cfg.steps)} has none")
     manifest = prepare(cfg)
     out.print(f"prepared {out_dir}: " + counts_line(manifest["counts"]))
 
@@ -77,6 +80,7 @@ def data_classifier_train(
 @data_app.command("tokenize")
 @user_errors
 def data_tokenize(
+    ctx: typer.Context,
     input: Annotated[str, typer.Option("--input", "-i", help="Folder from `data prepare` (sft: a JSONL file).")],
     tokenizer: Annotated[str, typer.Option(help="Folder from `tokenizer train` (sft: a HF model folder or .gguf).")],
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Output shard folder.")],
@@ -99,7 +103,9 @@ def data_tokenize(
         from megalang.config import SftTokenizeConfig
         from megalang.data.sft import tokenize_sft
 
-        # --set val_input=FILE or val_fraction=F holds out a val split (SftTokenizeConfig)
+        # SftTokenizeConfig holds out val by its own keys (a file, or a hash fraction defaulting to 0)
+        refuse_unused(ctx, ["val_fraction", "val_source"], "--format sft does not use it; hold out a val split "
+                      "with --set val_input=FILE or --set val_fraction=F")
         options = given(input=input, model=tokenizer, out=out_dir, overwrite=overwrite)
         manifest = tokenize_sft(build_config(SftTokenizeConfig, deep_merge(options, parse_overrides(set_ or []))))
         out.print(f"tokenized {out_dir}: " + counts_line(manifest["counts"]))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from megalang.cli.app import eval_app, field_option, given, out, user_errors
+from megalang.cli.app import eval_app, field_option, given, out, passed, refuse_unused, user_errors
 from megalang.config import build_config
 from megalang.errors import UserError
 from megalang.evaluate.common import EvalOptions
@@ -34,6 +34,7 @@ def _print_metrics(result: dict) -> None:
 @eval_app.command("perplexity")
 @user_errors
 def eval_perplexity(
+    ctx: typer.Context,
     model: Model,
     data: Annotated[str, typer.Option(help="Shard folder from `data tokenize`, a .txt file or a .jsonl file.")],
     out_file: Out = None,
@@ -54,17 +55,29 @@ def eval_perplexity(
         raise UserError(f"--mode {mode}: expected auto, packed or rolling")
     o = common(model=model, out=out_file)
     if mode == "packed" or (mode == "auto" and Path(data).is_dir()):
+        refuse_unused(ctx, ["stride", "text_field", "max_docs"], "packed perplexity does not use it; it is for --mode rolling")
         result = perplexity(o.model, data, split=split, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches, out=o.out)
     else:
+        refuse_unused_rolling(ctx, Path(data))
         result = evaluate_rolling(o.model, data, out=o.out, window=seq_len, stride=stride, batch_size=batch_size,
                                   text_field=text_field, split=split, max_docs=max_docs)
         result.pop("per_document")
     out.print(json.dumps(result, indent=2))
 
 
+def refuse_unused_rolling(ctx: typer.Context, data: Path) -> None:
+    """Rolling perplexity reads --split only from a shard folder and --text-field only from a .jsonl file."""
+    refuse_unused(ctx, ["max_batches"], "rolling perplexity does not use it; it is for --mode packed (rolling stops at --max-docs)")
+    if data.is_file():
+        refuse_unused(ctx, ["split"], f"{data} is a file; --split picks a split of a shard folder")
+    if data.is_dir() or (data.is_file() and data.suffix != ".jsonl"):
+        refuse_unused(ctx, ["text_field"], f"{data} is not a .jsonl file; --text-field names a JSONL field")
+
+
 @eval_app.command("choice")
 @user_errors
 def eval_choice(
+    ctx: typer.Context,
     model: Model,
     data: Annotated[str, typer.Option(help="JSONL: question, choices, answer (index or letter), optional subject.")],
     out_file: Out = None,
@@ -77,6 +90,8 @@ def eval_choice(
     """Multiple choice by log-likelihood (acc, acc_norm, acc_bytes, per subject), as lm-eval scores it."""
     from megalang.evaluate.choice import evaluate_choice
 
+    if num_fewshot == 0:
+        refuse_unused(ctx, ["fewshot"], "zero-shot prompts (--num-fewshot 0) use no examples; set --num-fewshot N")
     o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
     _print_metrics(evaluate_choice(o.model, data, out=o.out, fmt=format, fewshot=fewshot, num_fewshot=num_fewshot,
                                    batch_size=o.batch_size, limit=o.limit))
@@ -104,6 +119,7 @@ def eval_classify(
 @eval_app.command("generate")
 @user_errors
 def eval_generate(
+    ctx: typer.Context,
     model: Model,
     data: Annotated[str, typer.Option(help="JSONL: prompt, reference (or references).")],
     out_file: Out = None,
@@ -117,6 +133,8 @@ def eval_generate(
     """Generation metrics: BLEU and chrF (sacrebleu), ROUGE-1/2/L (rouge-score), exact match."""
     from megalang.evaluate.textgen import evaluate_generate
 
+    if temperature == 0:
+        refuse_unused(ctx, ["top_p", "seed"], "greedy decoding (--temperature 0) does not use it; set --temperature above 0 to sample")
     o = common(model=model, out=out_file, limit=limit)
     _print_metrics(evaluate_generate(o.model, data, out=o.out, max_new_tokens=max_new_tokens, until=until,
                                      temperature=temperature, top_p=top_p, seed=seed, limit=o.limit))
@@ -125,6 +143,7 @@ def eval_generate(
 @eval_app.command("robustness")
 @user_errors
 def eval_robustness(
+    ctx: typer.Context,
     model: Model,
     data: Annotated[str, typer.Option(help="A choice or classify JSONL set.")],
     out_file: Out = None,
@@ -137,8 +156,14 @@ def eval_robustness(
     limit: Limit = None,
 ):
     """Clean vs perturbed accuracy (seeded typos, case, whitespace, synonyms) and the drop."""
-    from megalang.evaluate.robustness import evaluate_robustness
+    from megalang.evaluate.common import CHOICE
+    from megalang.evaluate.robustness import detect_schema, evaluate_robustness
 
+    if passed(ctx, "verbalizer") or passed(ctx, "format"):  # each is read for one kind of set only
+        if detect_schema(data) is CHOICE:
+            refuse_unused(ctx, ["verbalizer"], f"{data} is a choice set; --verbalizer is for classify sets")
+        else:
+            refuse_unused(ctx, ["format"], f"{data} is a classify set; --format is for choice sets")
     o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
     _print_metrics(evaluate_robustness(o.model, data, out=o.out, perturbations=perturbation, rate=rate, seed=seed,
                                        verbalizer=verbalizer, fmt=format, batch_size=o.batch_size, limit=o.limit))
