@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from megalang.errors import UserError
+from megalang.torch_compat import dcp_storage_info_type, tensor_layout_getter
 
 # Weight files that are pickles: `torch.load` / `pickle.load` would run whatever they contain.
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
@@ -64,13 +65,11 @@ class _MetadataUnpickler(pickle.Unpickler):
                     dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
                 return obj
         elif (module, name) == _DCP_STORAGE_INFO:
-            from torch.distributed.checkpoint.filesystem import _StorageInfo
-
-            return _StorageInfo
+            return dcp_storage_info_type()
         elif module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
             return getattr(torch, name)
         elif module == "torch.serialization" and name == "_get_layout":
-            return torch.serialization._get_layout  # maps "torch.strided" to the layout object, nothing else
+            return tensor_layout_getter()  # maps "torch.strided" to the layout object, nothing else
         elif module == "pathlib" and name in _PATH_CLASSES:
             import pathlib
 

@@ -149,6 +149,7 @@ def test_gradient_accumulation_and_activation_checkpointing_match_the_plain_step
 
 def test_compile_matches_the_eager_step_and_leaves_cpu_attention_eager(shards, tmp_path):
     from megalang.parallel.parallelize import apply_compile, decoder_blocks
+    from megalang.torch_compat import is_compiled
     from megalang.train.trainer import setup
 
     plain, plain_w = short_run(shards, tmp_path, "eager")
@@ -159,8 +160,8 @@ def test_compile_matches_the_eager_step_and_leaves_cpu_attention_eager(shards, t
     t = setup(debug_config(shards, tmp_path / "parts", train={"max_steps": 1}))
     apply_compile(t.model, cpu=True)
     block = decoder_blocks(t.model)[0]
-    assert hasattr(block.mlp, "_compiled_call_impl") and block.mlp._compiled_call_impl is not None
-    assert getattr(block.self_attn, "_compiled_call_impl", None) is None and getattr(block, "_compiled_call_impl", None) is None
+    assert is_compiled(block.mlp)
+    assert not is_compiled(block.self_attn) and not is_compiled(block)
     t.sink.close()
 
 

@@ -50,6 +50,7 @@ from megalang.store.checkpoints import (
 )
 from megalang.store.files import read_json, write_json_atomic
 from megalang.store.run_dir import COMPLETE, CheckpointFiles, RunDir
+from megalang.torch_compat import stop_dcp_writer_process
 from megalang.train.faults import maybe_fault
 
 
@@ -199,15 +200,7 @@ def release_staging() -> None:
     """Drop the host copies async saves keep between saves and stop the writer process (the end of a run)."""
     while _STAGERS:
         _STAGERS.popitem()[1].close()
-    # DCP keeps its writer process for the life of the trainer process and offers no call to stop it; left
-    # to interpreter exit it dies on a closed pipe with a traceback. Stop it as DCP's own finalizer does.
-    from torch.distributed.checkpoint import _async_process_executor as process_executor
-
-    writer, process_executor._CHECKPOINT_PROCESS = process_executor._CHECKPOINT_PROCESS, None
-    if writer is not None:
-        with contextlib.suppress(OSError):  # a writer that already exited has closed its end of the pipe
-            writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
-        writer._save_process.join(timeout=5)  # reaped, after a SIGTERM too
+    stop_dcp_writer_process()
 
 
 def save_checkpoint(

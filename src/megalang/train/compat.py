@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from megalang.errors import UserError
+from megalang.torch_compat import set_last_lr
 from megalang.train.optim import lr_factor
 
 # Prefixes of dotted keys (`config.` is dropped; `derived.` keys are values the trainer computes). The longest
@@ -159,4 +160,4 @@ def apply_optimizer_changes(optimizer, scheduler, tc) -> None:
         if all(p.ndim >= 2 for p in group["params"]):
             group["weight_decay"] = tc.weight_decay
         group["lr"] = tc.lr * lr_factor(scheduler.last_epoch, tc)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    set_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])
