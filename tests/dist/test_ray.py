@@ -32,7 +32,7 @@ from megalang.parallel.ray_launch import (
     train_on_ray,
     with_absolute_paths,
 )
-from megalang.train.trainer import FAULT_ENV
+from megalang.train.faults import STOP_AT_ENV as FAULT_ENV
 
 ALL_STEPS = range(1, STEPS + 1)
 

@@ -135,15 +135,16 @@ def test_writer_process_without_room_in_shared_memory_fails_at_setup(shards, tmp
 
 def test_fault_points_are_checked():
     assert SAVE_POINTS == ("before_metadata", "after_shards", "before_rename", "during_retention")
-    from megalang.train.faults import maybe_fault
+    from megalang.train.faults import FaultPlan
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FAULT_SAVE_ENV, "befor_metadata:4")  # a typo must not silently test nothing
         with pytest.raises(ValueError, match="unknown point 'befor_metadata'"):
-            maybe_fault("before_metadata", 4)
+            FaultPlan.from_env()
         mp.setenv(FAULT_SAVE_ENV, "before_rename:6")
-        maybe_fault("before_rename", 4)  # another step: no kill (the test process survives)
-        maybe_fault("after_shards", 6)
+        plan = FaultPlan.from_env()
+        plan.at_save("before_rename", 4)  # another step: no kill (the test process survives)
+        plan.at_save("after_shards", 6)
 
 
 # --- promise 2: an explicit resume step ------------------------------------------------------------

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from megalang.cli import app
 from megalang.store.checkpoints import complete_checkpoints
 from megalang.train.checkpoint import load_trained_model
-from megalang.train.faults import FAULT_LOSS_ENV, loss_faults
+from megalang.train.faults import FAULT_LOSS_ENV, FaultPlan
 from megalang.train.health import HealthGuard, NumericalError
 
 from .conftest import debug_config, train_capturing_weights
@@ -42,10 +42,11 @@ def test_spike_guard_flags_only_upward_outliers_over_a_full_window():
 def test_fault_spec_is_validated():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FAULT_LOSS_ENV, "nan:3:1,spike:5")
-        assert loss_faults(3, 1) == {"nan"} and loss_faults(3, 0) == set() and loss_faults(5, 0) == {"spike"}
+        plan = FaultPlan.from_env()
+        assert plan.loss_kinds(3, 1) == {"nan"} and plan.loss_kinds(3, 0) == set() and plan.loss_kinds(5, 0) == {"spike"}
         mp.setenv(FAULT_LOSS_ENV, "nun:3")
         with pytest.raises(ValueError, match="nun:3"):
-            loss_faults(3, 0)
+            FaultPlan.from_env()
 
 
 def test_nonfinite_gradients_are_skipped_counted_and_never_reach_the_weights(shards, tmp_path):

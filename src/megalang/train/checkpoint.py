@@ -51,7 +51,7 @@ from megalang.store.checkpoints import (
 from megalang.store.files import read_json, write_json_atomic
 from megalang.store.run_dir import COMPLETE, CheckpointFiles, RunDir
 from megalang.torch_compat import stop_dcp_writer_process
-from megalang.train.faults import maybe_fault
+from megalang.train.faults import FaultPlan
 
 
 @contextlib.contextmanager
@@ -218,6 +218,7 @@ def save_checkpoint(
     async_save: bool = False,
     async_writer: str = "process",
     timeout_s: float | None = None,
+    faults: FaultPlan = FaultPlan(),
 ) -> Path | PendingSave:
     """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
 
@@ -225,7 +226,8 @@ def save_checkpoint(
     staged in host memory, and the caller must `finish()` the returned PendingSave before the next save.
     `async_writer="process"` writes from a process of DCP's (which needs a process group; see
     parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one.
-    `timeout_s` bounds the background save's collectives (parallel.timeout_s; None: gloo's default).
+    `timeout_s` bounds the background save's collectives (parallel.timeout_s; None: gloo's default). `faults`:
+    the crash tests' save points (train/faults.py).
     """
     run = RunDir.of(run_dir)
     final, tmp = run.step(step), run.step_tmp(step)
@@ -237,14 +239,14 @@ def save_checkpoint(
         _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
 
     process = async_save and async_writer == "process"
-    writer = _SyncedWriter(tmp, step, background=async_save, process=process)
+    writer = _SyncedWriter(tmp, step, faults, background=async_save, process=process)
 
     def finalize() -> Path:
         digests = _gather_digests(writer.written_digests())  # every rank calls finalize (after the save, or in finish())
         if _rank() == 0:
-            maybe_fault("after_shards", step)
-            mark_complete(run, step, tokens_seen, digests, fault=maybe_fault)
-            apply_retention(run, keep, fault=maybe_fault)
+            faults.at_save("after_shards", step)
+            mark_complete(run, step, tokens_seen, digests, fault=faults.at_save)
+            apply_retention(run, keep, fault=faults.at_save)
         return final
 
     with _quiet_dcp():
@@ -274,9 +276,9 @@ class _SyncedWriter(dcp.FileSystemWriter):
     on its own copy of this object, so there the digests come back through a file beside the shards, which
     `written_digests` reads and removes before the checkpoint is described."""
 
-    def __init__(self, path: Path, step: int, background: bool = False, process: bool = False):
+    def __init__(self, path: Path, step: int, faults: FaultPlan, background: bool = False, process: bool = False):
         super().__init__(path, sync_files=True)
-        self.step, self.background, self.process = step, background, process
+        self.step, self.faults, self.background, self.process = step, faults, background, process
         self.trainer_pid = os.getpid()  # a fault injected in a writer process kills the trainer too
         self.digests: dict[str, str] = {}
 
@@ -297,7 +299,7 @@ class _SyncedWriter(dcp.FileSystemWriter):
 
     def finish(self, metadata, results) -> None:
         # DCP calls finish on the coordinator (rank 0) once every rank has reported its files written.
-        maybe_fault("before_metadata", self.step, also_kill=self.trainer_pid)
+        self.faults.at_save("before_metadata", self.step, also_kill=self.trainer_pid)
         super().finish(metadata, results)
 
     def written_digests(self) -> dict[str, str]:

@@ -41,6 +41,7 @@ from megalang.train.checkpoint import (
     load_checkpoint,
     resume_checkpoint,
 )
+from megalang.train.faults import FaultPlan
 from megalang.train.health import build_health_guard
 from megalang.train.objectives import build_objective
 from megalang.train.optim import build_optimizer, build_scheduler
@@ -61,7 +62,7 @@ def writer_process(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.checkpoint.async_save and async_writer(cfg, device) == "process"
 
 
-def setup(cfg: RunConfig) -> Trainer:
+def setup(cfg: RunConfig, faults: FaultPlan = FaultPlan()) -> Trainer:
     """Check everything that can be wrong before touching the run folder, then build the run."""
     manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
     if not cfg.model.pretrained:
@@ -69,13 +70,14 @@ def setup(cfg: RunConfig) -> Trainer:
     device = pick_device(cfg)
     group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
     try:
-        return build_trainer(cfg, manifest, device, group)
+        return build_trainer(cfg, manifest, device, group, faults)
     except BaseException:
         group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
         raise
 
 
-def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device, group: ProcessGroup) -> Trainer:
+def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device, group: ProcessGroup,
+                  faults: FaultPlan = FaultPlan()) -> Trainer:
     """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one."""
     dims = resolve_parallel(cfg, manifest, group.world)
     dp_world = dims.dp if dims else 1
@@ -123,7 +125,7 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
-        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train),
+        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train), faults=faults,
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage

@@ -20,6 +20,7 @@ from megalang.parallel.distributed import (
 )
 from megalang.parallel.mesh import ParallelDims
 from megalang.store.run_dir import RunDir
+from megalang.train.faults import FaultPlan
 from megalang.train.finetune import FineTune
 from megalang.train.health import HealthGuard
 
@@ -93,6 +94,7 @@ class Trainer:
     objective: Callable[[Any, Any], torch.Tensor] | None = None
     validate: Callable[[Any], float | None] | None = None
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
+    faults: FaultPlan = field(default_factory=FaultPlan)  # crash tests only (train/faults.py)
 
     @property
     def run(self) -> RunDir:
