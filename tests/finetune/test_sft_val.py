@@ -77,3 +77,27 @@ def test_sft_val_needs_data_sft(tiny_pretrained, tmp_path):
     with pytest.raises(UserError, match="data.sft_val and data.sft_val_fraction split data.sft"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_rerunning_the_saved_config_of_an_sft_run_resumes_it(tiny_pretrained, tmp_path):
+    """The run folder's config.yaml is the config as given (data.sft, no data.shards): `megalang train
+    RUN/config.yaml train.max_steps=N` resumes; where data.sft was tokenized is recorded beside it."""
+    from typer.testing import CliRunner
+
+    from megalang.cli import app
+    from megalang.store.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    cfg = load_config(RunConfig, None, [
+        f"model.pretrained={tiny_pretrained}", f"data.sft={chats(tmp_path / 'train.jsonl', QUESTIONS)}",
+        f"run.dir={run.root}", "train.seq_len=96", "train.micro_batch_size=2", "train.max_steps=2",
+        "train.warmup_steps=0", "train.log_every=1", "checkpoint.every=2", "metrics.report=false", "train.progress=false",
+    ])
+    train(cfg)
+    saved = json.loads(run.config.read_text())
+    assert saved["data"]["shards"] is None and saved["data"]["sft"] == cfg.data.sft
+    assert json.loads(run.resolved.read_text()) == {"data.shards": str(run.sft_data.resolve())}
+    result = CliRunner().invoke(app, ["train", str(run.config), "train.max_steps=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(run.summary.read_text())["resumed_from_step"] == 2
+    assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == [1, 2, 3]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from megalang.config import RunConfig
-from megalang.evaluate.during_training import maybe_run_evals
+from megalang.evaluate.during_training import due_evals, run_evals
 from megalang.monitor.flops import mfu
 from megalang.monitor.progress import LineReporter, make_reporter
 from megalang.parallel.distributed import (
@@ -71,7 +71,7 @@ def train_step(t: Trainer, report: LineReporter) -> None:
     t.clock.steps += 1
     t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
     val_loss = maybe_eval(t)
-    task_evals = maybe_run_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
+    task_evals = maybe_run_task_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
     if logging or val_loss is not None or task_evals:
         log(t, report, loss, lr, grad_norm, val_loss, task_evals)
     maybe_save(t)
@@ -165,6 +165,19 @@ def maybe_eval(t: Trainer) -> float | None:
     loss = t.validate(t)  # chosen at setup: pretraining windows or SFT rows
     t.clock.paused += time.perf_counter() - started
     return loss
+
+
+def maybe_run_task_evals(t: Trainer) -> dict[str, float]:
+    """The recipe's `evals:` sets due at this step, scored on this model; their time is not training time.
+    Skipped under pipeline parallelism: each stage holds only part of the model."""
+    due = due_evals(t.cfg.evals, t.step, t.cfg.train.max_steps)
+    if not due or t.schedule is not None:
+        return {}
+    started = time.perf_counter()
+    try:
+        return run_evals(due, t.model, t.run_dir, t.cfg.train.seq_len, t.autocast())
+    finally:
+        t.clock.paused += time.perf_counter() - started
 
 
 def log(

@@ -132,22 +132,21 @@ def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str
     return diff
 
 
-def record_resume(t, path: Path, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """After loading `path`: re-apply changed optimizer settings, then (rank 0) print one line per changed key
-    and append the resume to RUN/resumes.jsonl with old → new values."""
-    diff = changes(saved, t.run_config)
-    if any(k in diff for k in OPTIMIZER_KEYS):
-        apply_optimizer_changes(t.optimizer, t.scheduler, t.cfg.train)
-    if t.group.rank != 0:
-        return diff
+def optimizer_changed(diff: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether a resume changed settings that live in the optimizer's param groups and the scheduler."""
+    return any(k in diff for k in OPTIMIZER_KEYS)
+
+
+def record_resume(resumes: Path, path: Path, diff: dict[str, tuple[Any, Any]]) -> None:
+    """Print one line per changed key and append the resume to `resumes` (RUN/resumes.jsonl) with old → new
+    values (rank 0)."""
     step = int(path.name.split("-")[-1])
     for key, (old, new) in diff.items():
         print(f"resume from step {step}: {display_name(key)} {old} → {new}", file=sys.stderr, flush=True)
     record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "step": step,
               "checkpoint": str(path), "changes": {display_name(k): [old, new] for k, (old, new) in diff.items()}}
-    with open(t.run.resumes, "a", encoding="utf-8") as f:
+    with open(resumes, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-    return diff
 
 
 def apply_optimizer_changes(optimizer, scheduler, tc) -> None:

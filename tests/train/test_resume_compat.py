@@ -13,7 +13,7 @@ from megalang.cli import app
 from megalang.config import RunConfig
 from megalang.errors import UserError
 from megalang.store.run_dir import RunDir
-from megalang.train import compat
+from megalang.train import resume_compat as compat
 from megalang.train.optim import lr_factor
 from megalang.train.setup import resolved_run_config
 
