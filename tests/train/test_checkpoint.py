@@ -45,10 +45,14 @@ def trained(seed=0, steps=2):
     return model, opt, sched
 
 
-def save(run, step, model, opt, sched, keep=2, consumed=0, **options):
+def save(run, step, model, opt, sched, keep=2, consumed=0, checkpointer=None):
+    """One save; a test of async saves passes its own Checkpointer (and closes it)."""
     config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
-    return save_checkpoint(run, step, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed),
-                           tokens_seen=step * 10, run_config=config, keep=keep, **options)
+    state = dict(model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed), tokens_seen=step * 10,
+                 run_config=config)
+    if checkpointer is None:
+        return save_checkpoint(run, step, keep=keep, **state)
+    return checkpointer.save(step, **state)
 
 
 def test_round_trip_restores_everything(tmp_path):
@@ -267,13 +271,15 @@ def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
     model, opt, sched = trained(steps=1)
     group = maybe_init_process_group("cpu", alone=writer == "process")
     try:
-        pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer=writer)
-        assert isinstance(pending, ckpt.PendingSave)
-        pending.wait_staged()
-        path = pending.finish()
+        checkpointer = ckpt.Checkpointer(tmp_path, async_save=True, async_writer=writer)
+        pending = save(tmp_path, 2, model, opt, sched, checkpointer=checkpointer)
+        assert isinstance(pending, ckpt.PendingSave) and checkpointer.pending is pending
+        checkpointer.wait_staged()
+        path = checkpointer.finish_pending()
+        assert checkpointer.pending is None
         writer_process = dcp_writer_process()
         assert (writer_process is not None) == (writer == "process")
-        ckpt.release_staging()
+        checkpointer.close()
         assert dcp_writer_process() is None
         assert writer_process is None or not writer_process._save_process.is_alive()  # torch_compat's reach
     finally:
@@ -300,9 +306,8 @@ def test_background_writer_runs_at_the_lowest_priority_and_the_caller_keeps_its_
 
     monkeypatch.setattr(ckpt._SyncedWriter, "write_data", write_data)
     model, opt, sched = trained(steps=1)
-    pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer="thread")
-    pending.finish()
-    ckpt.release_staging()
+    with ckpt.Checkpointer(tmp_path, async_save=True, async_writer="thread") as checkpointer:
+        save(tmp_path, 2, model, opt, sched, checkpointer=checkpointer).finish()
     save(tmp_path, 4, model, opt, sched)  # a sync save writes in the calling thread, which keeps its priority
     assert seen == [19, 0]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the training thread is untouched
@@ -342,8 +347,8 @@ def test_background_save_group_gets_the_run_collective_timeout(monkeypatch):
         made = []
         real = torch.distributed.new_group
         monkeypatch.setattr(torch.distributed, "new_group", lambda **kw: made.append(kw) or real(**kw))
-        assert ckpt._async_group(42.0) is ckpt._async_group(42.0)  # made once per default group
+        checkpointer = ckpt.Checkpointer(".", async_save=True, timeout_s=42.0)
+        assert checkpointer._async_group() is checkpointer._async_group()  # made once per default group
         assert made == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}]
     finally:
-        ckpt._ASYNC_GROUPS.clear()
         group.close()

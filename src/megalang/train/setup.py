@@ -38,6 +38,7 @@ from megalang.store.run_dir import RunDir
 from megalang.train import finetune
 from megalang.train import resume_compat as compat
 from megalang.train.checkpoint import (
+    Checkpointer,
     check_shared_memory,
     load_checkpoint,
     resume_checkpoint,
@@ -86,7 +87,9 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
     finetune.check_finetune(cfg, device, group.world, accum)
     run_config = resolved_run_config(cfg, manifest, group.world, accum, dims, shards)
     run_dir = Path(cfg.run.dir)
-    resume_from = find_resume(cfg, run_dir, run_config)
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save, async_writer(cfg, device),
+                                cfg.parallel.timeout_s, faults)
+    resume_from = find_resume(cfg, run_dir, run_config, checkpointer.verified)
     verify_shards(shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
     mesh = build_mesh(dims, device.type) if dims else None
     dp_rank = data_rank(mesh, dims)[0] if dims else 0
@@ -127,6 +130,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
         group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train), faults=faults,
+        checkpointer=checkpointer,
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
@@ -136,7 +140,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
 
 
 def resume(t: Trainer, path: Path) -> None:
-    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader)
+    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader, t.checkpointer.verified)
     if t.scaler and "scaler" in state:
         t.scaler.load_state_dict(state["scaler"])
     t.health.load_state_dict(state.get("health"))  # the same skip decisions as an uninterrupted run
@@ -210,9 +214,10 @@ def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, ac
     }
 
 
-def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Path | None:
-    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue."""
-    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step)  # newest complete, or exactly resume_step
+def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any], verified: set[tuple]) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue. `verified`:
+    the checkpointer's record of what this process checked, so loading it next does not hash it again."""
+    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step, verified)  # newest complete, or exactly resume_step
     if latest is None:
         return None
     if cfg.checkpoint.resume == "never":

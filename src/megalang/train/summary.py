@@ -17,12 +17,12 @@ from megalang.parallel.distributed import (
 from megalang.store.checkpoints import complete_checkpoints, recorded_files
 from megalang.store.files import write_json_atomic
 from megalang.store.manifest import describe_input, write_manifest
-from megalang.train.state import Trainer, finish_pending_save
+from megalang.train.state import Trainer
 
 
 def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """summary.json, then manifest.json (the last file: it hashes everything else)."""
-    finish_pending_save(t)
+    t.checkpointer.finish_pending()
     barrier()  # every rank's last checkpoint shards are on disk before rank 0 hashes the folder
     summary = build_summary(t, wall_seconds)
     if t.group.rank != 0:

@@ -24,14 +24,10 @@ from megalang.parallel.distributed import (
     world_mean,
 )
 from megalang.parallel.timeouts import explain_collective_timeouts
-from megalang.train.checkpoint import (
-    release_staging,
-    save_checkpoint,
-)
 from megalang.train.faults import STOP_AT_ENV, FaultPlan
 from megalang.train.health import check_step, skip_update
-from megalang.train.setup import async_writer, setup
-from megalang.train.state import Trainer, finish_pending_save
+from megalang.train.setup import setup
+from megalang.train.state import Trainer
 from megalang.train.summary import finish
 
 # --- the entry point --------------------------------------------------------------------------------
@@ -53,7 +49,7 @@ def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
                     raise SystemExit(f"{STOP_AT_ENV}={t.step}: stopping after step {t.step} (fault injection)")
         summary = finish(t, time.perf_counter() - started)
     finally:
-        release_staging()  # host copies and the writer process end with the run, a failed one too
+        t.checkpointer.close()  # host copies and the writer process end with the run, a failed one too
         t.sink.close()
         t.group.close()
     return summary
@@ -144,8 +140,7 @@ def optimizer_step(t: Trainer, need_norm: bool, loss: torch.Tensor | None = None
                   model=t.model):  # agreed over all ranks; may raise NumericalError (train/health.py)
         skip_update(t.optimizer, t.scheduler, t.scaler)
         return norm
-    if t.pending_save is not None:
-        t.pending_save.wait_staged()  # an async checkpoint's host copy must be taken before weights change
+    t.checkpointer.wait_staged()  # an async checkpoint's host copy must be taken before weights change
     if t.scaler:
         t.scaler.step(t.optimizer)
         t.scaler.update()
@@ -218,15 +213,11 @@ def maybe_save(t: Trainer) -> None:
     if not (last or (every and t.step % every == 0)):
         return
     started = time.perf_counter()
-    finish_pending_save(t)  # one save in flight at a time: its host copy is what the next one reuses
-    result = save_checkpoint(
-        t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
-        tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
+    t.checkpointer.save(  # finishes a save still in flight first: one at a time
+        t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
+        tokens_seen=t.tokens_seen, run_config=t.run_config,
         extra={"health": t.health.state_dict(), **({"scaler": t.scaler.state_dict()} if t.scaler else {})},
-        async_save=t.cfg.checkpoint.async_save, async_writer=async_writer(t.cfg, t.device),
-        timeout_s=t.cfg.parallel.timeout_s, faults=t.faults,
     )
-    t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
     t.monitor.checkpoint_done(time.perf_counter() - started)
 
