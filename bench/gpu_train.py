@@ -125,7 +125,7 @@ def peak_memory_gb(device: str) -> float | None:
 
 def run_megalang(cfg, device: str) -> dict:
     from megalang.data.shards import read_shard_manifest
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
     from megalang.train.trainer import train
 
     start_measuring(device)

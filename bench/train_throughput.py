@@ -80,7 +80,7 @@ def autocast(precision: str):
 
 def run_megalang(cfg) -> dict:
     from megalang.data.shards import read_shard_manifest
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
     from megalang.train.trainer import train
 
     summary = train(cfg)

@@ -7,9 +7,11 @@ Face folders) or as DCP checkpoints read through a restricted unpickler, and eve
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +151,11 @@ def load_dcp(state: dict[str, Any], path: str | os.PathLike) -> None:
         cause = f"{type(first).__name__}: {detail}" if detail else type(first).__name__
         raise UserError(f"{path}: cannot load this checkpoint ({cause}); it is damaged or does not match the model "
                         "(`megalang verify` the run; use another step or retrain)") from None
+
+
+@contextlib.contextmanager
+def quiet_dcp():
+    """DCP warns on every call without a process group; one process is a supported, intended case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

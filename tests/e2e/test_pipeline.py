@@ -115,7 +115,7 @@ def assert_export_loads_in_plain_transformers_with_the_same_logits(run: Path, ex
     import torch
 
     from megalang.data.tokenizer import load_tokenizer
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     subprocess.run([sys.executable, "-c", LOAD_WITHOUT_MEGALANG, export, out], check=True)
     plain = torch.load(out, weights_only=True)

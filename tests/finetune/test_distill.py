@@ -78,7 +78,7 @@ def held_out_kl(student, teacher, tokenizer) -> float:
 def test_distilled_student_is_closer_to_the_teacher(smol_hf, smol_tokenizer, sft_shards, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     train(student_config(tmp_path, sft_shards, "ce"))
     summary = train(student_config(tmp_path, sft_shards, "kd", "train.objective=distill", f"distill.teacher={smol_hf}",

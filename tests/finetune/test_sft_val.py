@@ -40,7 +40,7 @@ def test_val_fraction_holds_out_examples_by_hash(tiny_pretrained, tmp_path):
 def test_sft_val_loss_is_masked_like_training(tiny_pretrained, smol_tokenizer, tmp_path):
     """val_loss equals the mean CE over the held-out examples' assistant tokens, computed here one example at a
     time from the final weights (the run packs them into rows)."""
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     train_file = chats(tmp_path / "train.jsonl", QUESTIONS)
     val_file = chats(tmp_path / "val.jsonl", HELD_OUT, answer="Ten. Pacific. Banana.")

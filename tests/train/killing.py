@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 
 MAX_STEPS = 10
 GLOBAL_BATCH_SAMPLES = 8  # × 32 tokens: 4 micro-batches of 2 on one process, 2 per rank on two

@@ -11,10 +11,11 @@ import torch
 from megalang.config import ModelConfig, RunConfig, TrainSection
 from megalang.errors import UserError
 from megalang.model.build import build_model
+from megalang.model.load import load_trained_model
 from megalang.store.checkpoints import apply_retention, complete_checkpoints, latest_complete
 from megalang.store.files import sha256_file
 from megalang.train import checkpoint as ckpt
-from megalang.train.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from megalang.train.checkpoint import load_checkpoint, save_checkpoint
 from megalang.train.optim import build_optimizer, build_scheduler
 
 TRAIN = TrainSection(max_steps=20, warmup_steps=2, lr=1e-2)

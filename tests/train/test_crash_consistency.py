@@ -23,9 +23,10 @@ from typer.testing import CliRunner
 from megalang.cli import app
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
+from megalang.model.load import load_trained_model
 from megalang.store.checkpoints import complete_checkpoints, find_checkpoint
 from megalang.store.run_dir import COMPLETE
-from megalang.train.checkpoint import load_trained_model, verify_checkpoint
+from megalang.train.checkpoint import verify_checkpoint
 from megalang.train.faults import FAULT_SAVE_ENV, SAVE_POINTS
 from megalang.train.trainer import train
 

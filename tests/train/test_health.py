@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from megalang.cli import app
 from megalang.store.checkpoints import complete_checkpoints
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 from megalang.train.faults import FAULT_LOSS_ENV, FaultPlan
 from megalang.train.health import HealthGuard, NumericalError
 

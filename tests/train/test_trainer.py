@@ -11,7 +11,7 @@ from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
 from megalang.monitor.metrics import read_metrics
 from megalang.store.manifest import lineage
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 from megalang.train.trainer import train
 
 from .conftest import debug_config, make_shards, make_tokenizer, read_lines, train_capturing_weights

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
     get_state_dict,
-    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
@@ -35,7 +32,7 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from megalang.errors import UserError
 from megalang.parallel.distributed import barrier
 from megalang.parallel.timeouts import collective_timeout
-from megalang.safe_load import load_dcp
+from megalang.safe_load import load_dcp, quiet_dcp
 from megalang.store.checkpoints import (
     apply_retention,
     corrupt_error,
@@ -45,22 +42,12 @@ from megalang.store.checkpoints import (
     latest_complete,
     mark_complete,
     read_complete,
-    read_run_config,
     start_checkpoint,
 )
 from megalang.store.files import read_json, write_json_atomic
 from megalang.store.run_dir import COMPLETE, CheckpointFiles, RunDir
 from megalang.torch_compat import stop_dcp_writer_process
 from megalang.train.faults import FaultPlan
-
-
-@contextlib.contextmanager
-def _quiet_dcp():
-    """DCP warns on every call without a process group; one process is a supported, intended case here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
 
 # --- RNG --------------------------------------------------------------------------------------------
 
@@ -205,7 +192,7 @@ class Checkpointer:
                 apply_retention(run, self.keep, fault=faults.at_save)
             return final
 
-        with _quiet_dcp():
+        with quiet_dcp():
             if self.async_save:
                 kind = AsyncCheckpointerType.PROCESS if process else AsyncCheckpointerType.THREAD
                 response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
@@ -428,7 +415,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
     # get_state_dict gives tensors of the right shapes (sharded, later) for DCP to load into.
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": model_sd, "optim": optim_sd}
-    with _quiet_dcp():
+    with quiet_dcp():
         load_dcp(state, path)  # never unpickles arbitrary objects
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(model))
@@ -446,30 +433,3 @@ def resume_checkpoint(run_dir: str | os.PathLike, step: int | None, verified: se
     if path is not None:
         verify_checkpoint(path, verified)
     return path
-
-
-def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
-    """(LlamaForCausalLM in eval mode, on CPU, fp32, with the checkpoint's weights; its RunConfig)."""
-    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
-
-    from megalang.config import RunConfig, build_config
-    from megalang.model.build import materialize
-
-    path = find_checkpoint(run_dir, step)
-    verify_checkpoint(path)  # also the LoRA branch's adapters (load_lora_checkpoint reads them unchecked)
-    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / CheckpointFiles.RUN_CONFIG))
-    if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
-        from megalang.model.lora import load_lora_checkpoint
-
-        with _quiet_dcp():
-            return load_lora_checkpoint(path, cfg), cfg
-    raw = read_json(path / CheckpointFiles.MODEL_CONFIG, "model config")
-    config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    materialize(model, "cpu", seed=None)
-    state = {"model": get_model_state_dict(model)}
-    with _quiet_dcp():
-        load_dcp(state, path)  # never unpickles arbitrary objects
-    set_model_state_dict(model, state["model"])
-    return model.eval(), cfg

@@ -45,6 +45,7 @@ from megalang.train.checkpoint import (
 )
 from megalang.train.faults import FaultPlan
 from megalang.train.health import build_health_guard
+from megalang.train.loss import cross_entropy
 from megalang.train.objectives import build_objective
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.state import Trainer
@@ -107,7 +108,8 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         model = finetune.wrap_model(model, cfg)  # LoRA adapters (lora.rank > 0)
         built = None
     else:
-        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
+        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum,
+                                     loss_fn=cross_entropy)  # a pipeline's last stage: the plain logits loss
         model = built.model
     optimizer = build_optimizer(model, cfg.train)
     if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
