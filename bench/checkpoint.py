@@ -49,7 +49,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from megalang.config import ModelConfig, TrainSection
+    from megalang.config import ModelConfig, RunConfig
     from megalang.model.build import build_model
     from megalang.parallel.distributed import maybe_init_process_group
     from megalang.train.checkpoint import Checkpointer
@@ -60,10 +60,10 @@ def main() -> None:
             return {"consumed": 0, "epoch": 0, "num_samples": 1, "seq_len": 8, "seed": 0}
 
     group = maybe_init_process_group("cpu", alone=True)  # what the trainer does for a writer process
-    train_cfg = TrainSection(max_steps=10_000, warmup_steps=1)
+    run_cfg = RunConfig.model_validate({"train": {"max_steps": 10_000}, "schedule": {"warmup_steps": 1}})
     model = build_model(ModelConfig(preset=args.preset), 32_000, 64, {}, 0)
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    optimizer = build_optimizer(model, run_cfg.optimizer)
+    scheduler = build_scheduler(optimizer, run_cfg)
     ids = torch.randint(0, 32_000, (args.micro_batch, 257))
 
     def train_step(pending=None) -> None:

@@ -41,7 +41,7 @@ def main() -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from megalang.config import ModelConfig, TrainSection
+    from megalang.config import ModelConfig, RunConfig
     from megalang.model.build import build_model
     from megalang.store.checkpoints import describe_checkpoint_files
     from megalang.store.run_dir import RunDir
@@ -52,13 +52,13 @@ def main() -> None:
         def state_dict(self):
             return {"consumed": 0}
 
-    train_cfg = TrainSection(max_steps=10, warmup_steps=1)
+    run_cfg = RunConfig.model_validate({"train": {"max_steps": 10}, "schedule": {"warmup_steps": 1}})
     model = build_model(ModelConfig(preset=args.preset), 32_000, 64, {}, 0)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, run_cfg.optimizer)
     ids = torch.randint(0, 32_000, (4, 65))
     F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
     optimizer.step()
-    common = dict(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, train_cfg), loader=Loader(),
+    common = dict(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, run_cfg), loader=Loader(),
                   tokens_seen=0, run_config={})
 
     def state():

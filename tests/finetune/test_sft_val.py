@@ -47,7 +47,7 @@ def test_sft_val_loss_is_masked_like_training(tiny_pretrained, smol_tokenizer, t
     cfg = load_config(RunConfig, None, [
         f"model.pretrained={tiny_pretrained}", f"data.sft={train_file}", f"data.sft_val={val_file}",
         f"run.dir={tmp_path / 'run'}", "train.seq_len=96", "train.micro_batch_size=2", "train.max_steps=3",
-        "train.warmup_steps=0", "train.eval_every=2", "train.log_every=1", "checkpoint.every=0",
+        "schedule.warmup_steps=0", "train.eval_every=2", "train.log_every=1", "checkpoint.every=0",
         "metrics.report=false", "train.progress=false",
     ])
     summary = train(cfg)
@@ -91,7 +91,7 @@ def test_rerunning_the_saved_config_of_an_sft_run_resumes_it(tiny_pretrained, tm
     cfg = load_config(RunConfig, None, [
         f"model.pretrained={tiny_pretrained}", f"data.sft={chats(tmp_path / 'train.jsonl', QUESTIONS)}",
         f"run.dir={run.root}", "train.seq_len=96", "train.micro_batch_size=2", "train.max_steps=2",
-        "train.warmup_steps=0", "train.log_every=1", "checkpoint.every=2", "metrics.report=false", "train.progress=false",
+        "schedule.warmup_steps=0", "train.log_every=1", "checkpoint.every=2", "metrics.report=false", "train.progress=false",
     ])
     train(cfg)
     saved = json.loads(run.config.read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megalang.config import ModelConfig, RunConfig, TrainSection
+from megalang.config import ModelConfig, RunConfig
 from megalang.errors import UserError
 from megalang.model.build import build_model
 from megalang.model.load import load_trained_model
@@ -18,7 +18,7 @@ from megalang.train import checkpoint as ckpt
 from megalang.train.checkpoint import load_checkpoint, save_checkpoint
 from megalang.train.optim import build_optimizer, build_scheduler
 
-TRAIN = TrainSection(max_steps=20, warmup_steps=2, lr=1e-2)
+RUN = RunConfig.model_validate({"train": {"max_steps": 20}, "schedule": {"warmup_steps": 2}, "optimizer": {"lr": 1e-2}})
 
 
 class StubLoader:
@@ -34,8 +34,8 @@ class StubLoader:
 
 def trained(seed=0, steps=2):
     model = build_model(ModelConfig(preset="debug"), 50, 16, {}, seed)
-    opt = build_optimizer(model, TRAIN)
-    sched = build_scheduler(opt, TRAIN)
+    opt = build_optimizer(model, RUN.optimizer)
+    sched = build_scheduler(opt, RUN)
     x = torch.randint(0, 50, (2, 17), generator=torch.Generator().manual_seed(seed))
     for _ in range(steps):
         logits = model(input_ids=x[:, :-1]).logits
@@ -48,7 +48,7 @@ def trained(seed=0, steps=2):
 
 def save(run, step, model, opt, sched, keep=2, consumed=0, checkpointer=None):
     """One save; a test of async saves passes its own Checkpointer (and closes it)."""
-    config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
+    config = {"config": RUN.model_dump(mode="json"), "derived": {}}
     state = dict(model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed), tokens_seen=step * 10,
                  run_config=config)
     if checkpointer is None:
@@ -120,7 +120,7 @@ def test_load_trained_model(tmp_path):
     save(tmp_path, 2, model, opt, sched)
     save(tmp_path, 5, *trained(seed=3, steps=1))
     loaded, cfg = load_trained_model(tmp_path, step=2)
-    assert isinstance(cfg, RunConfig) and cfg.train.lr == TRAIN.lr
+    assert isinstance(cfg, RunConfig) and cfg.optimizer.lr == RUN.optimizer.lr
     assert not loaded.training and loaded.model.embed_tokens.weight.dtype == torch.float32
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name

@@ -37,8 +37,8 @@ runner = CliRunner()
 def overrides(shards: Path, run: Path, *extra: str) -> list[str]:
     return [
         "model.preset=debug", f"data.shards={shards}", f"run.dir={run}", f"train.max_steps={STEPS}",
-        "train.seq_len=32", "train.micro_batch_size=4", "train.lr=3e-3", "train.min_lr=3e-4",
-        "train.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
+        "train.seq_len=32", "train.micro_batch_size=4", "optimizer.lr=3e-3", "schedule.min_lr=3e-4",
+        "schedule.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
         "train.device=cpu", "checkpoint.every=2", "checkpoint.keep=1", "seed=7", *extra,
     ]
 

@@ -77,10 +77,10 @@ def test_stop_policy_exits_2_naming_rank_and_step_and_saves_nothing_bad(shards, 
     run_dir = tmp_path / "stop"
     args = ["train", "model.preset=debug", f"data.shards={shards}", f"run.dir={run_dir}", "train.max_steps=6",
             "train.seq_len=32", "train.micro_batch_size=4", "train.progress=false", "train.device=cpu",
-            "train.nonfinite=stop", "checkpoint.every=2"]
+            "health.nonfinite=stop", "checkpoint.every=2"]
     result = CliRunner().invoke(app, args, env={FAULT_LOSS_ENV: "inf:3"})
     assert result.exit_code == 2, result.output
-    assert "step 3: non-finite loss on rank 0 (train.nonfinite=stop)" in " ".join(result.output.split())
+    assert "step 3: non-finite loss on rank 0 (health.nonfinite=stop)" in " ".join(result.output.split())
     assert [step for step, _ in complete_checkpoints(run_dir)] == [2]
     assert not (run_dir / "summary.json").exists()
 

@@ -98,9 +98,14 @@ def build_config(model: type[T], data: dict[str, Any], source: str = "arguments"
 
 
 def load_config(model: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    data = load_yaml(recipe) if recipe else {}
-    data = deep_merge(data, parse_overrides(overrides or []))
+    # A model may rename keys of a raw tree (RunConfig: keys that moved); done per source, so an override under
+    # either name wins over the recipe's.
+    prepare = getattr(model, "prepare_raw", lambda tree: tree)
     source = f"{recipe} + overrides" if recipe else "overrides"
+    try:
+        data = deep_merge(prepare(load_yaml(recipe) if recipe else {}), prepare(parse_overrides(overrides or [])))
+    except ValueError as e:
+        raise UserError(f"{source}: {e}") from None
     return build_config(model, data, source)
 
 

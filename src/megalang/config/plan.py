@@ -42,7 +42,7 @@ class PlanConfig(Section):
     tp: int = Field(1, ge=1, description="tensor-parallel degree (with sequence parallelism)")
     pp: int = Field(1, ge=1, description="pipeline stages (1F1B schedule)")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward (keeps its input only)")
-    fused_loss: bool = Field(True, description="train.fused_loss: output layer + loss in token chunks (no full logits)")
+    fused_loss: bool = Field(True, description="loss.fused: output layer + loss in token chunks (no full logits)")
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision (master weights fp32)")
     mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for time estimates")
     deadline_days: float | None = Field(None, gt=0, description="wall-clock budget; the verdict checks it")

@@ -4,7 +4,7 @@ distillation, privacy, run folder, launcher."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -40,29 +40,17 @@ class DataConfig(Section):
 
 
 class TrainSection(Section):
+    """How the run steps: length, batch, device and numerics of the step, logging and val-loss cadence."""
+
     max_steps: int = Field(1000, ge=1, description="optimizer steps")
     seq_len: int = Field(256, ge=8, description="tokens per sample")
     micro_batch_size: int = Field(8, ge=1, description="samples per forward pass per rank")
     global_batch_tokens: int | None = Field(
         None, ge=1, description="tokens per optimizer step over all ranks; default one micro-batch per rank"
     )
-    objective: Literal["ce", "distill"] = Field(
-        "ce", description="ce: next-token cross-entropy (assistant tokens only for SFT); distill: see distill.*"
-    )
-    lr: float = Field(6e-4, gt=0, description="peak learning rate")
-    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the cosine")
-    warmup_steps: int = Field(100, ge=0, description="linear warmup steps")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     compile: bool = Field(False, description="torch.compile each block")
-    fused_loss: bool = Field(
-        True, description="output layer and cross-entropy in token chunks: the full logits tensor never exists"
-    )
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
     activation_checkpointing_every: int = Field(
         1, ge=1, description="with activation_checkpointing: recompute every k-th block only (1 = all blocks)"
@@ -71,7 +59,40 @@ class TrainSection(Section):
     eval_every: int = Field(0, ge=0, description="steps between val-loss evaluations (0 = only at the end)")
     eval_batches: int = Field(20, ge=1, description="micro-batches per val-loss evaluation")
     progress: bool = Field(True, description="show a progress bar when attached to a terminal")
-    # --- issue #4: numerical health (train/health.py, docs/reliability.md) ---
+
+
+class OptimizerConfig(Section):
+    """AdamW (train/optim.py): decay on matrices and embeddings only, global-norm clipping."""
+
+    lr: float = Field(6e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
+    eps: float = Field(1e-8, gt=0, description="AdamW denominator epsilon")
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
+
+
+class ScheduleConfig(Section):
+    """The learning-rate schedule: linear warmup, then cosine to min_lr at train.max_steps."""
+
+    warmup_steps: int = Field(100, ge=0, description="linear warmup steps")
+    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the cosine")
+
+
+class LossConfig(Section):
+    """What the run minimises (train/objectives.py)."""
+
+    objective: Literal["ce", "distill"] = Field(
+        "ce", description="ce: next-token cross-entropy (assistant tokens only for SFT); distill: see distill.*"
+    )
+    fused: bool = Field(
+        True, description="output layer and cross-entropy in token chunks: the full logits tensor never exists"
+    )
+
+
+class HealthConfig(Section):
+    """Numerical health of every step (train/health.py, docs/reliability.md)."""
+
     nonfinite: Literal["skip", "stop", "off"] = Field(
         "skip", description="NaN/Inf loss or grad norm on any rank: skip the update, stop the run, or off (no check, no sync)"
     )
@@ -79,14 +100,39 @@ class TrainSection(Section):
     spike_zscore: float = Field(0.0, ge=0, description="skip steps whose loss z-score over spike_window exceeds this (0 = off)")
     spike_window: int = Field(50, ge=2, description="accepted steps the spike guard's loss mean and deviation cover")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainSection:
-        problems = []
-        if self.min_lr > self.lr:
-            problems.append(f"train.min_lr ({self.min_lr}) must be <= train.lr ({self.lr})")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+
+# Keys that moved out of `train` when the config was grouped by concern: recipes, overrides and checkpoints
+# that use the old name keep working (RunConfig moves them before validation; train/resume_compat.py reads old
+# checkpoints' configs through the same table).
+MOVED_KEYS = {
+    "train.lr": "optimizer.lr", "train.weight_decay": "optimizer.weight_decay", "train.beta1": "optimizer.beta1",
+    "train.beta2": "optimizer.beta2", "train.eps": "optimizer.eps", "train.grad_clip": "optimizer.grad_clip",
+    "train.warmup_steps": "schedule.warmup_steps", "train.min_lr": "schedule.min_lr",
+    "train.objective": "loss.objective", "train.fused_loss": "loss.fused",
+    "train.nonfinite": "health.nonfinite", "train.max_skipped_steps": "health.max_skipped_steps",
+    "train.spike_zscore": "health.spike_zscore", "train.spike_window": "health.spike_window",
+}
+
+
+def move_old_keys(data: Any) -> Any:
+    """A raw config tree with every key of MOVED_KEYS under its new name (a new copy; the input is not changed).
+    Both names at once is an error naming the new one."""
+    if not isinstance(data, dict):
+        return data
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        new_section, new_key = new.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # a wrong type there is reported by validation
+        if new_key in target:
+            raise ValueError(f"{old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
+        target[new_key] = section.pop(old_key)
+    return data
 
 
 class CheckpointConfig(Section):
@@ -230,6 +276,10 @@ class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSection = Field(default_factory=TrainSection)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     run: RunSection = Field(default_factory=RunSection)
@@ -244,6 +294,22 @@ class RunConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @classmethod
+    def prepare_raw(cls, tree: Any) -> Any:
+        """config/load.py calls this on each source (recipe, overrides) before merging them."""
+        return move_old_keys(tree)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return move_old_keys(data)
+
+    @model_validator(mode="after")
+    def _check_min_lr(self) -> RunConfig:
+        if self.schedule.min_lr > self.optimizer.lr:
+            raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) must be <= optimizer.lr ({self.optimizer.lr})")
+        return self
 
     @model_validator(mode="after")
     def _check_launcher(self) -> RunConfig:

@@ -124,7 +124,7 @@ def check_finetune(cfg: RunConfig, device: torch.device, world: int, accum: int)
 
     check_qlora(cfg.lora, device)
     check_privacy(cfg, accum, world)
-    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.train.objective == "distill"):
+    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.loss.objective == "distill"):
         raise UserError("LoRA, DP and distillation run on one process for now; launch without torchrun")
     if cfg.lora.rank and not cfg.model.pretrained:
         raise UserError("lora.rank > 0 needs model.pretrained=PATH: adapters train on top of a pretrained model")
@@ -168,7 +168,7 @@ def build_finetune(cfg: RunConfig, manifest: dict[str, Any], model, optimizer, l
 def is_active(cfg: RunConfig, manifest: dict[str, Any]) -> bool:
     """Whether the run needs any of this module (a plain pretraining run keeps the trainer's own loss)."""
     return bool(is_sft(manifest) or cfg.lora.rank or cfg.privacy.target_epsilon is not None
-                or cfg.train.objective != "ce" or cfg.model.pretrained)
+                or cfg.loss.objective != "ce" or cfg.model.pretrained)
 
 
 # --- held-out loss ----------------------------------------------------------------------------------

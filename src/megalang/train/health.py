@@ -2,7 +2,7 @@
 spikes, decided once for all ranks before the update so that every rank skips, or stops, together.
 
 The check needs the loss and grad norm on the host each step: one small all_reduce (a flag per rank plus the
-loss) and one device-to-host sync per step. `train.nonfinite=off` with `train.spike_zscore=0` removes both (the
+loss) and one device-to-host sync per step. `health.nonfinite=off` with `health.spike_zscore=0` removes both (the
 fastest path; a NaN then flows into the weights unnoticed until the next logged loss).
 
 A skipped step makes no update (gradients are dropped), but the LR schedule and the data loader still advance:
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megalang.config import TrainSection
+from megalang.config import HealthConfig
 from megalang.errors import UserError
 
 _LOSS, _NORM = 1.0, 2.0  # what a rank found non-finite, added into its slot of the flag vector
@@ -81,8 +81,8 @@ class HealthGuard:
         return {"skipped_steps": self.skipped, "spike_skipped_steps": self.spikes, "skipped_at": self.skipped_at}
 
 
-def build_health_guard(tc: TrainSection) -> HealthGuard:
-    return HealthGuard(tc.nonfinite, tc.max_skipped_steps, tc.spike_zscore, tc.spike_window)
+def build_health_guard(hc: HealthConfig) -> HealthGuard:
+    return HealthGuard(hc.nonfinite, hc.max_skipped_steps, hc.spike_zscore, hc.spike_window)
 
 
 def check_step(guard: HealthGuard, step: int, loss: torch.Tensor | None, norm: torch.Tensor | None, *, rank: int,
@@ -104,15 +104,15 @@ def check_step(guard: HealthGuard, step: int, loss: torch.Tensor | None, norm: t
         what = "; ".join(f"{kind} on rank {r}" for r, kind in bad.items())
         if guard.nonfinite == "stop":
             raise NumericalError(
-                f"step {step}: non-finite {what} (train.nonfinite=stop); stopped before the update, nothing saved "
-                "after the last checkpoint. Lower train.lr, keep train.grad_clip > 0 or check the data, then re-run "
-                "(it resumes from the newest checkpoint); train.nonfinite=skip skips such steps instead"
+                f"step {step}: non-finite {what} (health.nonfinite=stop); stopped before the update, nothing saved "
+                "after the last checkpoint. Lower optimizer.lr, keep optimizer.grad_clip > 0 or check the data, then re-run "
+                "(it resumes from the newest checkpoint); health.nonfinite=skip skips such steps instead"
             )
         guard.skipped += 1
         reason = f"non-finite {what}"
     elif guard.is_spike(mean_loss):
         guard.spikes += 1
-        reason = f"loss spike {mean_loss:.4g} (z-score above train.spike_zscore={guard.spike_zscore})"
+        reason = f"loss spike {mean_loss:.4g} (z-score above health.spike_zscore={guard.spike_zscore})"
     else:
         guard.accept(mean_loss)
         return None
@@ -120,9 +120,9 @@ def check_step(guard: HealthGuard, step: int, loss: torch.Tensor | None, norm: t
     guard.skipped_at = (guard.skipped_at + [step])[-_SKIPPED_AT_KEPT:]
     if guard.consecutive > guard.max_skipped:
         raise NumericalError(
-            f"step {step}: {reason}; {guard.consecutive} bad steps in a row (train.max_skipped_steps="
+            f"step {step}: {reason}; {guard.consecutive} bad steps in a row (health.max_skipped_steps="
             f"{guard.max_skipped}); stopped before the update, nothing saved after the last checkpoint. Lower "
-            "train.lr or check the data, then re-run (it resumes from the newest checkpoint)"
+            "optimizer.lr or check the data, then re-run (it resumes from the newest checkpoint)"
         )
     if rank == 0:
         print(f"step {step}: {reason}; update skipped ({guard.consecutive} in a row, "

@@ -111,7 +111,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum,
                                      loss_fn=cross_entropy)  # a pipeline's last stage: the plain logits loss
         model = built.model
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.optimizer)
     if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
         check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters())
                             * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -124,14 +124,14 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
     monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
     t = Trainer(
         cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train),
+        scheduler=build_scheduler(optimizer, cfg),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
         loader=loader, val_split=val_split, objective=objective, validate=validate,
         sink=MetricsSink(RunDir(run_dir).metrics, backends=monitor.backends, enabled=group.rank == 0),
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
-        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train), faults=faults,
+        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.health), faults=faults,
         checkpointer=checkpointer,
     )
     if built is not None:
@@ -148,7 +148,7 @@ def resume(t: Trainer, path: Path) -> None:
     t.health.load_state_dict(state.get("health"))  # the same skip decisions as an uninterrupted run
     diff = compat.changes(read_run_config(path), t.run_config)  # benign changes only: refused ones stopped setup
     if compat.optimizer_changed(diff):
-        compat.apply_optimizer_changes(t.optimizer, t.scheduler, t.cfg.train)  # the checkpoint restored the old ones
+        compat.apply_optimizer_changes(t.optimizer, t.scheduler, t.cfg)  # the checkpoint restored the old ones
     if t.group.rank == 0:
         compat.record_resume(t.run.resumes, path, diff)  # printed, and appended to RUN/resumes.jsonl
     t.step, t.tokens_seen, t.resumed_from = state["step"], state["tokens_seen"], state["step"]

@@ -57,7 +57,7 @@ def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
 
 def train_step(t: Trainer, report: LineReporter) -> None:
     """One optimizer step and what follows it; host syncs happen only in `log`, `maybe_eval` and (unless
-    train.nonfinite=off and no spike guard) the health check before the update."""
+    health.nonfinite=off and no spike guard) the health check before the update."""
     step = t.step + 1
     logging = step == 1 or step % t.cfg.train.log_every == 0 or step == t.cfg.train.max_steps
     loss = forward_backward(t)
@@ -126,12 +126,13 @@ def optimizer_step(t: Trainer, need_norm: bool, loss: torch.Tensor | None = None
         t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
     params = [p for p in t.model.parameters() if p.grad is not None]
     norm = None
-    if t.cfg.train.grad_clip > 0 or need_norm or t.health.active:
+    clip = t.cfg.optimizer.grad_clip
+    if clip > 0 or need_norm or t.health.active:
         # One norm over every shard and stage; clipping then scales the local gradients by the same factor.
         pp_group = t.mesh["pp"].get_group() if t.schedule is not None else None
         norm = total_grad_norm(params, pp_group)
-        if t.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, t.cfg.train.grad_clip, norm, foreach=True)
+        if clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
     if need_norm:
         t.state_bytes = state_bytes(t.model, t.optimizer)  # gradients still held: measured before zero_grad
     step = t.step + 1
