@@ -32,10 +32,10 @@ def fresh(cfg, device: str = "cpu"):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed, device)
     model.train()
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.optimizer)
     loader = SampleLoader(open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len,
                           cfg.train.micro_batch_size, cfg.seed)
-    return model, optimizer, build_scheduler(optimizer, cfg.train), loader, manifest
+    return model, optimizer, build_scheduler(optimizer, cfg), loader, manifest
 
 
 def steady_rate(stamps: list[float], tokens_per_step: int) -> float:

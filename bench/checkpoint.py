@@ -49,10 +49,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from megalang.config import ModelConfig, TrainSection
+    from megalang.config import ModelConfig, RunConfig
     from megalang.model.build import build_model
     from megalang.parallel.distributed import maybe_init_process_group
-    from megalang.train.checkpoint import release_staging, save_checkpoint
+    from megalang.train.checkpoint import Checkpointer
     from megalang.train.optim import build_optimizer, build_scheduler
 
     class Loader:  # the loader state a checkpoint records; no data is needed to time a save
@@ -60,10 +60,10 @@ def main() -> None:
             return {"consumed": 0, "epoch": 0, "num_samples": 1, "seq_len": 8, "seed": 0}
 
     group = maybe_init_process_group("cpu", alone=True)  # what the trainer does for a writer process
-    train_cfg = TrainSection(max_steps=10_000, warmup_steps=1)
+    run_cfg = RunConfig.model_validate({"train": {"max_steps": 10_000}, "schedule": {"warmup_steps": 1}})
     model = build_model(ModelConfig(preset=args.preset), 32_000, 64, {}, 0)
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    optimizer = build_optimizer(model, run_cfg.optimizer)
+    scheduler = build_scheduler(optimizer, run_cfg)
     ids = torch.randint(0, 32_000, (args.micro_batch, 257))
 
     def train_step(pending=None) -> None:
@@ -88,13 +88,15 @@ def main() -> None:
     first: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         common = dict(model=model, optimizer=optimizer, scheduler=scheduler, loader=Loader(), tokens_seen=0,
-                      run_config={}, keep=1)
+                      run_config={})
+        sync_writer = Checkpointer(tmp, keep=1)
+        async_writers = {w: Checkpointer(tmp, keep=1, async_save=True, async_writer=w) for w in WRITERS}
         step = 0
         for repeat in range(args.repeats + 1):
             base = window()
             step += 1
             started = time.perf_counter()
-            save_checkpoint(tmp, step, **common)
+            sync_writer.save(step, **common)
             elapsed = time.perf_counter() - started
             if repeat:
                 sync.append(elapsed)
@@ -102,7 +104,7 @@ def main() -> None:
             for writer in WRITERS if repeat % 2 else WRITERS[::-1]:
                 step += 1
                 started = time.perf_counter()
-                pending = save_checkpoint(tmp, step, async_save=True, async_writer=writer, **common)
+                pending = async_writers[writer].save(step, **common)
                 window(pending)
                 cost = time.perf_counter() - started - base
                 if repeat:
@@ -110,7 +112,8 @@ def main() -> None:
                 else:
                     first[writer] = cost
         on_disk = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-    release_staging()
+    for checkpointer in (sync_writer, *async_writers.values()):
+        checkpointer.close()
     group.close()
 
     sync_s = statistics.median(sync)

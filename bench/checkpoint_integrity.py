@@ -41,9 +41,10 @@ def main() -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from megalang.config import ModelConfig, TrainSection
+    from megalang.config import ModelConfig, RunConfig
     from megalang.model.build import build_model
     from megalang.store.checkpoints import describe_checkpoint_files
+    from megalang.store.run_dir import RunDir
     from megalang.train import checkpoint as ckpt
     from megalang.train.optim import build_optimizer, build_scheduler
 
@@ -51,14 +52,14 @@ def main() -> None:
         def state_dict(self):
             return {"consumed": 0}
 
-    train_cfg = TrainSection(max_steps=10, warmup_steps=1)
+    run_cfg = RunConfig.model_validate({"train": {"max_steps": 10}, "schedule": {"warmup_steps": 1}})
     model = build_model(ModelConfig(preset=args.preset), 32_000, 64, {}, 0)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, run_cfg.optimizer)
     ids = torch.randint(0, 32_000, (4, 65))
     F.cross_entropy(model(input_ids=ids[:, :-1]).logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
     optimizer.step()
-    common = dict(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, train_cfg), loader=Loader(),
-                  tokens_seen=0, run_config={}, keep=1)
+    common = dict(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, run_cfg), loader=Loader(),
+                  tokens_seen=0, run_config={})
 
     def state():
         model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -69,12 +70,11 @@ def main() -> None:
         for i in range(args.repeats):
             plain = Path(tmp) / f"plain-{i}"
             figures["dcp_save"].append(timed(lambda: dcp.save(state(), checkpoint_id=plain)))
-            figures["megalang_save"].append(timed(lambda: ckpt.save_checkpoint(tmp, i + 1, **common)))
-            path = ckpt.checkpoints_dir(tmp) / f"step-{i + 1}"
+            figures["megalang_save"].append(timed(lambda: ckpt.save_checkpoint(tmp, i + 1, keep=1, **common)))
+            path = RunDir(Path(tmp)).step(i + 1)
             figures["hash"].append(timed(lambda: describe_checkpoint_files(path)))
             figures["dcp_load"].append(timed(lambda: dcp.load(state(), checkpoint_id=plain)))
-            ckpt._VERIFIED.clear()  # a fresh process: nothing verified yet
-            figures["verify"].append(timed(lambda: ckpt.verify_checkpoint(path)))
+            figures["verify"].append(timed(lambda: ckpt.verify_checkpoint(path)))  # a fresh record each call
         on_disk = sum(f.stat().st_size for f in path.iterdir())
     med = {k: statistics.median(v) for k, v in figures.items()}
     print(json.dumps({

@@ -3,7 +3,7 @@
 A prepared script for a GPU machine that finishes in under 10 minutes (H100/H200: about 5 with one repeat). Both
 runs start from the same initial weights and read the same micro-batches (synthetic tokens: throughput does not
 depend on what the tokens say). megalang runs its trainer with bf16 autocast, fused AdamW, the chunked
-linear + cross-entropy loss (train.fused_loss; --no-fused-loss for the plain one), per-block
+linear + cross-entropy loss (loss.fused; --no-fused-loss for the plain one), per-block
 torch.compile and (optionally) activation checkpointing; HF Trainer runs with bf16=True, its own
 torch_compile and gradient checkpointing settings matched. Both clocks are read after a device sync, the first
 `WARMUP` steps are left out of both steady states, and with `--repeats N` the two run in turn N times
@@ -125,7 +125,7 @@ def peak_memory_gb(device: str) -> float | None:
 
 def run_megalang(cfg, device: str) -> dict:
     from megalang.data.shards import read_shard_manifest
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
     from megalang.train.trainer import train
 
     start_measuring(device)

@@ -21,7 +21,7 @@ from train_tiny import synthetic_shards  # noqa: E402  (the same synthetic shard
 def run(shards: Path, run_dir: Path, preset: str, steps: int, nproc: int, *parallel: str) -> dict:
     common = [f"model.preset={preset}", f"data.shards={shards}", f"run.dir={run_dir}", f"train.max_steps={steps}",
               "train.seq_len=128", "train.micro_batch_size=4", "train.global_batch_tokens=1024",
-              "train.warmup_steps=1", "train.log_every=1", "train.progress=false", "train.device=cpu",
+              "schedule.warmup_steps=1", "train.log_every=1", "train.progress=false", "train.device=cpu",
               "checkpoint.every=0", *parallel]
     cmd = [sys.executable, "-m", "megalang", "launch", f"--nproc={nproc}", "--", "train", *common]
     subprocess.run(cmd, check=True, capture_output=True)

@@ -9,7 +9,7 @@ model on the same held-out batches, within `LOSS_TOLERANCE` (bench/_train_compar
 
 With `--repeats N` the three run in turn N times (megalang, bare, HF, megalang, ...) and each one's median
 tokens/s is reported, so a slow spell of a shared machine does not land on one contender only.
-`--no-fused-loss` trains megalang with `train.fused_loss=false` (the logits + cross-entropy path the peers use),
+`--no-fused-loss` trains megalang with `loss.fused=false` (the logits + cross-entropy path the peers use),
 to measure what the chunked loss contributes; `--compile` trains megalang with `train.compile=true` (compile
 time falls in the first log interval, which the steady state leaves out).
 
@@ -80,7 +80,7 @@ def autocast(precision: str):
 
 def run_megalang(cfg) -> dict:
     from megalang.data.shards import read_shard_manifest
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
     from megalang.train.trainer import train
 
     summary = train(cfg)

@@ -24,16 +24,16 @@ def test_override_beats_recipe_beats_default(tmp_path):
 
 def test_every_invalid_value_is_reported_at_once():
     with pytest.raises(UserError) as e:
-        load_config(RunConfig, None, ["train.max_steps=abc", "train.precision=fp8", "nope.key=1", "train.lr=-1"])
+        load_config(RunConfig, None, ["train.max_steps=abc", "train.precision=fp8", "nope.key=1", "optimizer.lr=-1"])
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("train.max_steps", "'abc'", "train.precision", "fp8", "nope: unknown key", "train.lr"):
+    for part in ("train.max_steps", "'abc'", "train.precision", "fp8", "nope: unknown key", "optimizer.lr"):
         assert part in msg
 
 
 def test_cross_field_rules():
     with pytest.raises(UserError, match="min_lr"):
-        load_config(RunConfig, None, ["train.lr=1e-4", "train.min_lr=1e-3"])
+        load_config(RunConfig, None, ["optimizer.lr=1e-4", "schedule.min_lr=1e-3"])
 
 
 @pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "train..lr=1"])
@@ -70,3 +70,34 @@ def test_shipped_recipes_validate(recipe):
 
     # plan-*.yaml are `megalang plan` inputs, not training recipes.
     build_config(PlanConfig if recipe.name.startswith("plan-") else RunConfig, data, str(recipe))
+
+
+# --- keys grouped by concern (config/run.py MOVED_KEYS) --------------------------------------------------
+
+
+def test_every_moved_key_is_still_read_under_its_old_name():
+    from megalang.config import MOVED_KEYS
+
+    values = {"lr": 0.5, "weight_decay": 0.3, "beta1": 0.7, "beta2": 0.8, "eps": 1e-5, "grad_clip": 2.0,
+              "warmup_steps": 7, "min_lr": 0.01, "objective": "distill", "fused_loss": False, "nonfinite": "stop",
+              "max_skipped_steps": 9, "spike_zscore": 4.0, "spike_window": 11}
+    assert {old.split(".")[1] for old in MOVED_KEYS} == set(values)
+    old_style = load_config(RunConfig, None, [f"{old}={values[old.split('.')[1]]}" for old in MOVED_KEYS])
+    new_style = load_config(RunConfig, None, [f"{new}={values[old.split('.')[1]]}" for old, new in MOVED_KEYS.items()])
+    assert old_style == new_style and old_style.optimizer.lr == 0.5 and old_style.loss.fused is False
+    assert RunConfig.model_validate({"train": {"lr": 0.5, "spike_window": 11}}) == \
+        RunConfig.model_validate({"optimizer": {"lr": 0.5}, "health": {"spike_window": 11}})
+
+
+def test_old_and_new_name_together_is_one_line_naming_the_new_one(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optimizer:\n  lr: 0.001\n")
+    assert load_config(RunConfig, recipe, ["train.lr=0.002"]).optimizer.lr == 0.002  # an override wins either way
+    with pytest.raises(UserError, match=r"train.lr and optimizer.lr are both set; .* keep only optimizer.lr"):
+        load_config(RunConfig, None, ["train.lr=0.002", "optimizer.lr=0.003"])
+
+
+def test_saved_configs_use_the_new_groups():
+    dumped = RunConfig.model_validate({"train": {"lr": 0.5}}).model_dump(mode="json")
+    assert dumped["optimizer"]["lr"] == 0.5 and "lr" not in dumped["train"]
+    assert {"optimizer", "schedule", "loss", "health"} <= set(dumped)

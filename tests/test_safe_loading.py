@@ -110,7 +110,7 @@ def test_model_pretrained_with_only_pytorch_model_bin_is_refused(pipe, tmp_path,
 def test_distill_teacher_with_only_pytorch_model_bin_is_refused(pipe, tmp_path, marker):
     folder = pickle_only_folder(pipe.export, tmp_path / "hf", marker)
     run = tmp_path / "run"
-    assert_refused(train_args(pipe.shards, run, "train.objective=distill", f"distill.teacher={folder}"),
+    assert_refused(train_args(pipe.shards, run, "loss.objective=distill", f"distill.teacher={folder}"),
                    f"distill.teacher={folder}", "only pickle weights", "safetensors")
     assert not (run / "manifest.json").exists() and not list(run.rglob("COMPLETE.json"))
 

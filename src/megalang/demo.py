@@ -71,9 +71,11 @@ def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: st
     stage("tokenize", shards, tokenize, TokenizeConfig(input=str(data), tokenizer=str(tok), out=str(shards), val_fraction=0, val_sources=VAL_MODULES))
 
     recipe = load_yaml(DEMO_RECIPE)
-    overrides: dict[str, Any] = {"model": {"preset": preset}, "data": {"shards": str(shards)}, "run": {"dir": str(run)}, "train": {}}
+    overrides: dict[str, Any] = {"model": {"preset": preset}, "data": {"shards": str(shards)}, "run": {"dir": str(run)},
+                                 "train": {}}
     if max_steps is not None:
-        overrides["train"] |= {"max_steps": max_steps, "warmup_steps": min(recipe["train"]["warmup_steps"], max_steps)}
+        overrides["train"]["max_steps"] = max_steps
+        overrides["schedule"] = {"warmup_steps": min(recipe["schedule"]["warmup_steps"], max_steps)}
     if recipe["train"].get("precision") == "bf16" and not native_bf16():
         say("[train] this CPU has no native bf16 matmul; training in fp32")
         overrides["train"]["precision"] = "fp32"

@@ -1,4 +1,4 @@
-"""The one error type for mistakes a user can fix; `cli.py` prints it in one line and exits 2."""
+"""The one error type for mistakes a user can fix; `cli/app.py` prints it in one line and exits 2."""
 
 from __future__ import annotations
 

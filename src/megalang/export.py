@@ -28,7 +28,7 @@ _TOKENIZER_FILES = {
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
            merge: bool = False) -> dict[str, Any]:
     """A LoRA run exports merged weights with `merge`, else its peft adapter folder (base: model.pretrained)."""
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     run = Path(run)
     if not run.is_dir() or not RunDir.looks_like_run(run):

@@ -7,15 +7,18 @@ Face folders) or as DCP checkpoints read through a restricted unpickler, and eve
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from megalang.errors import UserError
+from megalang.torch_compat import dcp_storage_info_type, tensor_layout_getter
 
 # Weight files that are pickles: `torch.load` / `pickle.load` would run whatever they contain.
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
@@ -64,13 +67,11 @@ class _MetadataUnpickler(pickle.Unpickler):
                     dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
                 return obj
         elif (module, name) == _DCP_STORAGE_INFO:
-            from torch.distributed.checkpoint.filesystem import _StorageInfo
-
-            return _StorageInfo
+            return dcp_storage_info_type()
         elif module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
             return getattr(torch, name)
         elif module == "torch.serialization" and name == "_get_layout":
-            return torch.serialization._get_layout  # maps "torch.strided" to the layout object, nothing else
+            return tensor_layout_getter()  # maps "torch.strided" to the layout object, nothing else
         elif module == "pathlib" and name in _PATH_CLASSES:
             import pathlib
 
@@ -150,3 +151,11 @@ def load_dcp(state: dict[str, Any], path: str | os.PathLike) -> None:
         cause = f"{type(first).__name__}: {detail}" if detail else type(first).__name__
         raise UserError(f"{path}: cannot load this checkpoint ({cause}); it is damaged or does not match the model "
                         "(`megalang verify` the run; use another step or retrain)") from None
+
+
+@contextlib.contextmanager
+def quiet_dcp():
+    """DCP warns on every call without a process group; one process is a supported, intended case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

@@ -17,10 +17,9 @@ from megalang.data.quality import (
     KindFilters,
     LowEntropy,
     Reject,
-    count_sentences,
     infer_kind,
-    split_words,
 )
+from megalang.data.words import count_sentences, split_words
 from megalang.errors import UserError
 
 # Real prose (~120 words, seven sentences): passes every web rule.

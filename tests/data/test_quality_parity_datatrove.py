@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from megalang.data.quality import KindFilters, split_words
+from megalang.data.quality import KindFilters
+from megalang.data.words import split_words
 
 datatrove = pytest.importorskip("datatrove")
 pytest.importorskip("spacy")

@@ -23,8 +23,8 @@ LAUNCH_TIMEOUT = 600
 def common_overrides(shards: Path, run_dir: Path) -> list[str]:
     return [
         "model.preset=debug", f"data.shards={shards}", f"run.dir={run_dir}", f"train.max_steps={STEPS}",
-        "train.seq_len=32", "train.micro_batch_size=4", "train.global_batch_tokens=256", "train.lr=3e-3",
-        "train.min_lr=3e-4", "train.warmup_steps=2", "train.log_every=1", "train.eval_batches=2",
+        "train.seq_len=32", "train.micro_batch_size=4", "train.global_batch_tokens=256", "optimizer.lr=3e-3",
+        "schedule.min_lr=3e-4", "schedule.warmup_steps=2", "train.log_every=1", "train.eval_batches=2",
         "train.progress=false", "train.device=cpu", "checkpoint.every=4", "checkpoint.keep=2", "seed=7",
     ]
 

@@ -16,7 +16,7 @@ import torch
 from dist.conftest import LAUNCH_TIMEOUT, STEPS, common_overrides
 from megalang.store.checkpoints import complete_checkpoints
 from megalang.store.run_dir import COMPLETE
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 from megalang.train.faults import FAULT_SAVE_ENV
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]

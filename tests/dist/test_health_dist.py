@@ -37,7 +37,7 @@ def test_nan_on_one_rank_is_skipped_by_both(dist_shards, tmp_path):
 
 def test_stop_policy_stops_both_ranks_naming_rank_and_step(dist_shards, tmp_path):
     run = tmp_path / "stop"
-    proc = launch(run, dist_shards, "nan:3:1", "train.nonfinite=stop")
+    proc = launch(run, dist_shards, "nan:3:1", "health.nonfinite=stop")
     assert proc.returncode != 0
-    assert "step 3: non-finite loss on rank 1 (train.nonfinite=stop)" in " ".join(proc.stderr.split())
+    assert "step 3: non-finite loss on rank 1 (health.nonfinite=stop)" in " ".join(proc.stderr.split())
     assert [step for step, _ in complete_checkpoints(run)] == [2]  # nothing saved after the bad step

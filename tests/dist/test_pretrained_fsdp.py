@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.timeout(900)]
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STEPS = 2
 OVERRIDES = ["train.seq_len=64", "train.micro_batch_size=1", "train.global_batch_tokens=128",
-             f"train.max_steps={STEPS}", "train.lr=1e-4", "train.min_lr=1e-5", "train.warmup_steps=0",
+             f"train.max_steps={STEPS}", "optimizer.lr=1e-4", "schedule.min_lr=1e-5", "schedule.warmup_steps=0",
              "checkpoint.every=0",
              "metrics.report=false"]
 CHATS = [("What is the capital of France?", "Paris."), ("Name a primary colour.", "Red."),

@@ -1,4 +1,4 @@
-"""parallel/ray_launch.py: the trainer as 2 Ray Train workers on this machine (a local Ray, gloo) with one worker
+"""ray_launch.py: the trainer as 2 Ray Train workers on this machine (a local Ray, gloo) with one worker
 killed mid-run and restarted from the newest checkpoint; the worker's error path; the `launcher=ray` config/CLI.
 
 The Ray run starts a local Ray (~10 s), then two worker groups (~15 s each on 2 cores): about a minute. It is
@@ -23,7 +23,7 @@ from megalang.cli.artifacts import verify
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
 from megalang.parallel import ray_launch
-from megalang.parallel.ray_launch import (
+from megalang.ray_launch import (
     KILL_ENV,
     kill_request,
     maybe_arm_kill,
@@ -32,7 +32,7 @@ from megalang.parallel.ray_launch import (
     train_on_ray,
     with_absolute_paths,
 )
-from megalang.train.trainer import FAULT_ENV
+from megalang.train.faults import STOP_AT_ENV as FAULT_ENV
 
 ALL_STEPS = range(1, STEPS + 1)
 

@@ -25,7 +25,7 @@ MODULES = ["argparse.py", "textwrap.py", "heapq.py", "shlex.py", "fractions.py",
            "json/encoder.py", "json/__init__.py", "csv.py", "string.py", "bisect.py", "glob.py", "fnmatch.py",
            "copy.py", "abc.py", "pprint.py", "queue.py", "sched.py", "colorsys.py", "keyword.py"]
 TRAIN = ["model.preset=debug", "train.seq_len=64", "train.micro_batch_size=8", "train.max_steps=24",
-         "train.warmup_steps=4", "train.lr=3e-3", "train.log_every=2", "train.eval_batches=4",
+         "schedule.warmup_steps=4", "optimizer.lr=3e-3", "train.log_every=2", "train.eval_batches=4",
          "checkpoint.every=6", "checkpoint.keep=2", "train.progress=false"]
 
 
@@ -115,7 +115,7 @@ def assert_export_loads_in_plain_transformers_with_the_same_logits(run: Path, ex
     import torch
 
     from megalang.data.tokenizer import load_tokenizer
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     subprocess.run([sys.executable, "-c", LOAD_WITHOUT_MEGALANG, export, out], check=True)
     plain = torch.load(out, weights_only=True)

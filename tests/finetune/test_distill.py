@@ -54,7 +54,7 @@ def sft_shards(tiny_pretrained, tmp_path_factory):
 def student_config(tmp_path, shards, name: str, *extra: str) -> RunConfig:
     return load_config(RunConfig, None, [
         "model.preset=debug", f"data.shards={shards}", f"run.dir={tmp_path / name}", "train.seq_len=64",
-        "train.micro_batch_size=2", "train.max_steps=12", "train.lr=3e-3", "train.min_lr=3e-4", "train.warmup_steps=1",
+        "train.micro_batch_size=2", "train.max_steps=12", "optimizer.lr=3e-3", "schedule.min_lr=3e-4", "schedule.warmup_steps=1",
         "train.log_every=4", "checkpoint.every=0", "metrics.report=false", "train.progress=false", *extra,
     ])
 
@@ -78,10 +78,10 @@ def held_out_kl(student, teacher, tokenizer) -> float:
 def test_distilled_student_is_closer_to_the_teacher(smol_hf, smol_tokenizer, sft_shards, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     train(student_config(tmp_path, sft_shards, "ce"))
-    summary = train(student_config(tmp_path, sft_shards, "kd", "train.objective=distill", f"distill.teacher={smol_hf}",
+    summary = train(student_config(tmp_path, sft_shards, "kd", "loss.objective=distill", f"distill.teacher={smol_hf}",
                                    "distill.alpha=0.9", "distill.temperature=1.0"))
     assert summary["train_loss_last"] < summary["train_loss_first"]
     teacher = AutoModelForCausalLM.from_pretrained(smol_hf, dtype=torch.float32).eval()
@@ -103,5 +103,5 @@ def test_teacher_with_another_vocabulary_is_refused(sft_shards, tmp_path):
     LlamaForCausalLM(LlamaConfig(vocab_size=raw.get_vocab_size(), hidden_size=16, intermediate_size=32,
                                  num_hidden_layers=1, num_attention_heads=2)).save_pretrained(teacher_dir)
     with pytest.raises(UserError, match=r"distill.teacher=.*other-teacher: its tokenizer differs"):
-        train(student_config(tmp_path, sft_shards, "bad", "train.objective=distill", f"distill.teacher={teacher_dir}"))
+        train(student_config(tmp_path, sft_shards, "bad", "loss.objective=distill", f"distill.teacher={teacher_dir}"))
     assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -17,7 +17,7 @@ from megalang.train.trainer import train
 def sft_config(tmp_path, pretrained, chats, *extra: str) -> RunConfig:
     return load_config(RunConfig, None, [
         f"model.pretrained={pretrained}", f"data.sft={chats}", f"run.dir={tmp_path / 'run'}", "train.seq_len=64",
-        "train.micro_batch_size=2", "train.max_steps=6", "train.lr=3e-3", "train.min_lr=3e-4", "train.warmup_steps=1",
+        "train.micro_batch_size=2", "train.max_steps=6", "optimizer.lr=3e-3", "schedule.min_lr=3e-4", "schedule.warmup_steps=1",
         "train.log_every=1", "checkpoint.every=0", "metrics.report=false", "train.progress=false", *extra,
     ])
 

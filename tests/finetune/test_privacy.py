@@ -19,7 +19,7 @@ STEPS, BATCH = 4, 2
 def dp_config(tmp_path, pretrained, chats, *extra: str) -> RunConfig:
     return load_config(RunConfig, None, [
         f"model.pretrained={pretrained}", f"data.sft={chats}", f"run.dir={tmp_path / 'run'}", "train.seq_len=64",
-        f"train.micro_batch_size={BATCH}", f"train.max_steps={STEPS}", "train.warmup_steps=0", "train.log_every=1",
+        f"train.micro_batch_size={BATCH}", f"train.max_steps={STEPS}", "schedule.warmup_steps=0", "train.log_every=1",
         "checkpoint.every=0", "metrics.report=false", "train.progress=false", "lora.rank=4", "data.packing=false",
         "privacy.target_epsilon=8.0", "privacy.delta=0.01", "privacy.max_grad_norm=0.5", *extra,
     ])
@@ -67,7 +67,7 @@ def test_per_example_clipping_is_active(lora_rank, tiny_pretrained):
                                                                               "max_grad_norm": 0.01}})
     model = AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.float32).train()
     model = apply_lora(model, cfg.lora) if lora_rank else model
-    optimizer, state = make_private(model, build_optimizer(model, cfg.train), cfg, num_examples=1000,
+    optimizer, state = make_private(model, build_optimizer(model, cfg.optimizer), cfg, num_examples=1000,
                                     batch_size=4, steps=10)
     ids = torch.randint(0, 1000, (4, 16))
     (model(input_ids=ids, labels=ids).loss * 1000).backward()

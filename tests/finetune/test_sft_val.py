@@ -40,14 +40,14 @@ def test_val_fraction_holds_out_examples_by_hash(tiny_pretrained, tmp_path):
 def test_sft_val_loss_is_masked_like_training(tiny_pretrained, smol_tokenizer, tmp_path):
     """val_loss equals the mean CE over the held-out examples' assistant tokens, computed here one example at a
     time from the final weights (the run packs them into rows)."""
-    from megalang.train.checkpoint import load_trained_model
+    from megalang.model.load import load_trained_model
 
     train_file = chats(tmp_path / "train.jsonl", QUESTIONS)
     val_file = chats(tmp_path / "val.jsonl", HELD_OUT, answer="Ten. Pacific. Banana.")
     cfg = load_config(RunConfig, None, [
         f"model.pretrained={tiny_pretrained}", f"data.sft={train_file}", f"data.sft_val={val_file}",
         f"run.dir={tmp_path / 'run'}", "train.seq_len=96", "train.micro_batch_size=2", "train.max_steps=3",
-        "train.warmup_steps=0", "train.eval_every=2", "train.log_every=1", "checkpoint.every=0",
+        "schedule.warmup_steps=0", "train.eval_every=2", "train.log_every=1", "checkpoint.every=0",
         "metrics.report=false", "train.progress=false",
     ])
     summary = train(cfg)
@@ -77,3 +77,27 @@ def test_sft_val_needs_data_sft(tiny_pretrained, tmp_path):
     with pytest.raises(UserError, match="data.sft_val and data.sft_val_fraction split data.sft"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_rerunning_the_saved_config_of_an_sft_run_resumes_it(tiny_pretrained, tmp_path):
+    """The run folder's config.yaml is the config as given (data.sft, no data.shards): `megalang train
+    RUN/config.yaml train.max_steps=N` resumes; where data.sft was tokenized is recorded beside it."""
+    from typer.testing import CliRunner
+
+    from megalang.cli import app
+    from megalang.store.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    cfg = load_config(RunConfig, None, [
+        f"model.pretrained={tiny_pretrained}", f"data.sft={chats(tmp_path / 'train.jsonl', QUESTIONS)}",
+        f"run.dir={run.root}", "train.seq_len=96", "train.micro_batch_size=2", "train.max_steps=2",
+        "schedule.warmup_steps=0", "train.log_every=1", "checkpoint.every=2", "metrics.report=false", "train.progress=false",
+    ])
+    train(cfg)
+    saved = json.loads(run.config.read_text())
+    assert saved["data"]["shards"] is None and saved["data"]["sft"] == cfg.data.sft
+    assert json.loads(run.resolved.read_text()) == {"data.shards": str(run.sft_data.resolve())}
+    result = CliRunner().invoke(app, ["train", str(run.config), "train.max_steps=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(run.summary.read_text())["resumed_from_step"] == 2
+    assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == [1, 2, 3]

@@ -53,7 +53,7 @@ def test_prometheus_endpoint_is_scraped_during_a_short_run(shards_2k, tmp_path):
     run = tmp_path / "run"
     args = ["model.preset=debug", f"data.shards={shards_2k}", f"run.dir={run}", "train.device=cpu",
             "train.seq_len=32", "train.micro_batch_size=4", "train.max_steps=100000", "train.log_every=1",
-            "train.warmup_steps=2", "train.progress=false", "train.eval_batches=2", "checkpoint.every=5",
+            "schedule.warmup_steps=2", "train.progress=false", "train.eval_batches=2", "checkpoint.every=5",
             "checkpoint.keep=1", "metrics.port=0", "metrics.report=false"]
     proc = subprocess.Popen([sys.executable, "-m", "megalang", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 
 MAX_STEPS = 10
 GLOBAL_BATCH_SAMPLES = 8  # × 32 tokens: 4 micro-batches of 2 on one process, 2 per rank on two
@@ -26,8 +26,8 @@ def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "model.preset=debug", "model.dropout=0.1", f"data.shards={shards}", f"run.dir={run_dir}",
         f"train.max_steps={MAX_STEPS}", "train.seq_len=32", "train.micro_batch_size=2",
-        f"train.global_batch_tokens={GLOBAL_BATCH_SAMPLES * 32}", "train.lr=3e-3", "train.min_lr=3e-4",
-        "train.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
+        f"train.global_batch_tokens={GLOBAL_BATCH_SAMPLES * 32}", "optimizer.lr=3e-3", "schedule.min_lr=3e-4",
+        "schedule.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
         "train.device=cpu", "checkpoint.every=2", "checkpoint.keep=2", "metrics.report=false",
         "metrics.system=false", "seed=7", *extra,
     ]

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from megalang.config import ModelConfig, RunConfig, TrainSection
+from megalang.config import ModelConfig, RunConfig
 from megalang.errors import UserError
 from megalang.model.build import build_model
+from megalang.model.load import load_trained_model
 from megalang.store.checkpoints import apply_retention, complete_checkpoints, latest_complete
 from megalang.store.files import sha256_file
 from megalang.train import checkpoint as ckpt
-from megalang.train.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from megalang.train.checkpoint import load_checkpoint, save_checkpoint
 from megalang.train.optim import build_optimizer, build_scheduler
 
-TRAIN = TrainSection(max_steps=20, warmup_steps=2, lr=1e-2)
+RUN = RunConfig.model_validate({"train": {"max_steps": 20}, "schedule": {"warmup_steps": 2}, "optimizer": {"lr": 1e-2}})
 
 
 class StubLoader:
@@ -33,8 +34,8 @@ class StubLoader:
 
 def trained(seed=0, steps=2):
     model = build_model(ModelConfig(preset="debug"), 50, 16, {}, seed)
-    opt = build_optimizer(model, TRAIN)
-    sched = build_scheduler(opt, TRAIN)
+    opt = build_optimizer(model, RUN.optimizer)
+    sched = build_scheduler(opt, RUN)
     x = torch.randint(0, 50, (2, 17), generator=torch.Generator().manual_seed(seed))
     for _ in range(steps):
         logits = model(input_ids=x[:, :-1]).logits
@@ -45,10 +46,14 @@ def trained(seed=0, steps=2):
     return model, opt, sched
 
 
-def save(run, step, model, opt, sched, keep=2, consumed=0, **options):
-    config = {"config": RunConfig(train=TRAIN).model_dump(mode="json"), "derived": {}}
-    return save_checkpoint(run, step, model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed),
-                           tokens_seen=step * 10, run_config=config, keep=keep, **options)
+def save(run, step, model, opt, sched, keep=2, consumed=0, checkpointer=None):
+    """One save; a test of async saves passes its own Checkpointer (and closes it)."""
+    config = {"config": RUN.model_dump(mode="json"), "derived": {}}
+    state = dict(model=model, optimizer=opt, scheduler=sched, loader=StubLoader(consumed), tokens_seen=step * 10,
+                 run_config=config)
+    if checkpointer is None:
+        return save_checkpoint(run, step, keep=keep, **state)
+    return checkpointer.save(step, **state)
 
 
 def test_round_trip_restores_everything(tmp_path):
@@ -115,7 +120,7 @@ def test_load_trained_model(tmp_path):
     save(tmp_path, 2, model, opt, sched)
     save(tmp_path, 5, *trained(seed=3, steps=1))
     loaded, cfg = load_trained_model(tmp_path, step=2)
-    assert isinstance(cfg, RunConfig) and cfg.train.lr == TRAIN.lr
+    assert isinstance(cfg, RunConfig) and cfg.optimizer.lr == RUN.optimizer.lr
     assert not loaded.training and loaded.model.embed_tokens.weight.dtype == torch.float32
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
@@ -261,22 +266,23 @@ def test_run_manifest_takes_checkpoint_hashes_from_complete_json(tmp_path, monke
 def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
     """Either writer leaves a complete checkpoint that round-trips, with every file hashed and nothing else in
     the folder (the writer process's digests file is read back and removed); the process is stopped at the end."""
-    from torch.distributed.checkpoint import _async_process_executor
-
     from megalang.parallel.distributed import maybe_init_process_group
+    from megalang.torch_compat import dcp_writer_process
 
     model, opt, sched = trained(steps=1)
     group = maybe_init_process_group("cpu", alone=writer == "process")
     try:
-        pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer=writer)
-        assert isinstance(pending, ckpt.PendingSave)
-        pending.wait_staged()
-        path = pending.finish()
-        writer_process = _async_process_executor._CHECKPOINT_PROCESS
+        checkpointer = ckpt.Checkpointer(tmp_path, async_save=True, async_writer=writer)
+        pending = save(tmp_path, 2, model, opt, sched, checkpointer=checkpointer)
+        assert isinstance(pending, ckpt.PendingSave) and checkpointer.pending is pending
+        checkpointer.wait_staged()
+        path = checkpointer.finish_pending()
+        assert checkpointer.pending is None
+        writer_process = dcp_writer_process()
         assert (writer_process is not None) == (writer == "process")
-        ckpt.release_staging()
-        assert _async_process_executor._CHECKPOINT_PROCESS is None
-        assert writer_process is None or not writer_process._save_process.is_alive()
+        checkpointer.close()
+        assert dcp_writer_process() is None
+        assert writer_process is None or not writer_process._save_process.is_alive()  # torch_compat's reach
     finally:
         group.close()
     record = json.loads((path / "COMPLETE.json").read_text())
@@ -301,9 +307,8 @@ def test_background_writer_runs_at_the_lowest_priority_and_the_caller_keeps_its_
 
     monkeypatch.setattr(ckpt._SyncedWriter, "write_data", write_data)
     model, opt, sched = trained(steps=1)
-    pending = save(tmp_path, 2, model, opt, sched, async_save=True, async_writer="thread")
-    pending.finish()
-    ckpt.release_staging()
+    with ckpt.Checkpointer(tmp_path, async_save=True, async_writer="thread") as checkpointer:
+        save(tmp_path, 2, model, opt, sched, checkpointer=checkpointer).finish()
     save(tmp_path, 4, model, opt, sched)  # a sync save writes in the calling thread, which keeps its priority
     assert seen == [19, 0]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the training thread is untouched
@@ -343,8 +348,8 @@ def test_background_save_group_gets_the_run_collective_timeout(monkeypatch):
         made = []
         real = torch.distributed.new_group
         monkeypatch.setattr(torch.distributed, "new_group", lambda **kw: made.append(kw) or real(**kw))
-        assert ckpt._async_group(42.0) is ckpt._async_group(42.0)  # made once per default group
+        checkpointer = ckpt.Checkpointer(".", async_save=True, timeout_s=42.0)
+        assert checkpointer._async_group() is checkpointer._async_group()  # made once per default group
         assert made == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}]
     finally:
-        ckpt._ASYNC_GROUPS.clear()
         group.close()

@@ -23,9 +23,10 @@ from typer.testing import CliRunner
 from megalang.cli import app
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
+from megalang.model.load import load_trained_model
 from megalang.store.checkpoints import complete_checkpoints, find_checkpoint
 from megalang.store.run_dir import COMPLETE
-from megalang.train.checkpoint import load_trained_model, verify_checkpoint
+from megalang.train.checkpoint import verify_checkpoint
 from megalang.train.faults import FAULT_SAVE_ENV, SAVE_POINTS
 from megalang.train.trainer import train
 
@@ -36,8 +37,8 @@ runner = CliRunner()
 def overrides(shards: Path, run: Path, *extra: str) -> list[str]:
     return [
         "model.preset=debug", f"data.shards={shards}", f"run.dir={run}", f"train.max_steps={STEPS}",
-        "train.seq_len=32", "train.micro_batch_size=4", "train.lr=3e-3", "train.min_lr=3e-4",
-        "train.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
+        "train.seq_len=32", "train.micro_batch_size=4", "optimizer.lr=3e-3", "schedule.min_lr=3e-4",
+        "schedule.warmup_steps=2", "train.log_every=1", "train.eval_batches=2", "train.progress=false",
         "train.device=cpu", "checkpoint.every=2", "checkpoint.keep=1", "seed=7", *extra,
     ]
 
@@ -135,15 +136,16 @@ def test_writer_process_without_room_in_shared_memory_fails_at_setup(shards, tmp
 
 def test_fault_points_are_checked():
     assert SAVE_POINTS == ("before_metadata", "after_shards", "before_rename", "during_retention")
-    from megalang.train.faults import maybe_fault
+    from megalang.train.faults import FaultPlan
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FAULT_SAVE_ENV, "befor_metadata:4")  # a typo must not silently test nothing
         with pytest.raises(ValueError, match="unknown point 'befor_metadata'"):
-            maybe_fault("before_metadata", 4)
+            FaultPlan.from_env()
         mp.setenv(FAULT_SAVE_ENV, "before_rename:6")
-        maybe_fault("before_rename", 4)  # another step: no kill (the test process survives)
-        maybe_fault("after_shards", 6)
+        plan = FaultPlan.from_env()
+        plan.at_save("before_rename", 4)  # another step: no kill (the test process survives)
+        plan.at_save("after_shards", 6)
 
 
 # --- promise 2: an explicit resume step ------------------------------------------------------------

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from megalang.cli import app
 from megalang.store.checkpoints import complete_checkpoints
-from megalang.train.checkpoint import load_trained_model
-from megalang.train.faults import FAULT_LOSS_ENV, loss_faults
+from megalang.model.load import load_trained_model
+from megalang.train.faults import FAULT_LOSS_ENV, FaultPlan
 from megalang.train.health import HealthGuard, NumericalError
 
 from .conftest import debug_config, train_capturing_weights
@@ -42,10 +42,11 @@ def test_spike_guard_flags_only_upward_outliers_over_a_full_window():
 def test_fault_spec_is_validated():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FAULT_LOSS_ENV, "nan:3:1,spike:5")
-        assert loss_faults(3, 1) == {"nan"} and loss_faults(3, 0) == set() and loss_faults(5, 0) == {"spike"}
+        plan = FaultPlan.from_env()
+        assert plan.loss_kinds(3, 1) == {"nan"} and plan.loss_kinds(3, 0) == set() and plan.loss_kinds(5, 0) == {"spike"}
         mp.setenv(FAULT_LOSS_ENV, "nun:3")
         with pytest.raises(ValueError, match="nun:3"):
-            loss_faults(3, 0)
+            FaultPlan.from_env()
 
 
 def test_nonfinite_gradients_are_skipped_counted_and_never_reach_the_weights(shards, tmp_path):
@@ -76,10 +77,10 @@ def test_stop_policy_exits_2_naming_rank_and_step_and_saves_nothing_bad(shards, 
     run_dir = tmp_path / "stop"
     args = ["train", "model.preset=debug", f"data.shards={shards}", f"run.dir={run_dir}", "train.max_steps=6",
             "train.seq_len=32", "train.micro_batch_size=4", "train.progress=false", "train.device=cpu",
-            "train.nonfinite=stop", "checkpoint.every=2"]
+            "health.nonfinite=stop", "checkpoint.every=2"]
     result = CliRunner().invoke(app, args, env={FAULT_LOSS_ENV: "inf:3"})
     assert result.exit_code == 2, result.output
-    assert "step 3: non-finite loss on rank 0 (train.nonfinite=stop)" in " ".join(result.output.split())
+    assert "step 3: non-finite loss on rank 0 (health.nonfinite=stop)" in " ".join(result.output.split())
     assert [step for step, _ in complete_checkpoints(run_dir)] == [2]
     assert not (run_dir / "summary.json").exists()
 

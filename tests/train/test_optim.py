@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from megalang.config import ModelConfig, TrainSection
+from megalang.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainSection
 from megalang.model.build import build_model
 from megalang.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_weight_decay_only_on_matrices():
     model = build_model(ModelConfig(preset="debug"), 100, 16, {}, 0)
-    opt = build_optimizer(model, TrainSection(weight_decay=0.1, beta1=0.8, beta2=0.9, eps=1e-6))
+    opt = build_optimizer(model, OptimizerConfig(weight_decay=0.1, beta1=0.8, beta2=0.9, eps=1e-6))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
@@ -21,8 +21,13 @@ def test_weight_decay_only_on_matrices():
     assert decay["fused"] is True  # the fused kernel exists on CPU too, and is the fastest there
 
 
-def lrs(cfg: TrainSection, steps: int) -> list[float]:
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+def schedule(lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> RunConfig:
+    return RunConfig(optimizer=OptimizerConfig(lr=lr), schedule=ScheduleConfig(min_lr=min_lr, warmup_steps=warmup_steps),
+                     train=TrainSection(max_steps=max_steps))
+
+
+def lrs(cfg: RunConfig, steps: int) -> list[float]:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
     sched = build_scheduler(opt, cfg)
     out = []
     for _ in range(steps):
@@ -33,7 +38,7 @@ def lrs(cfg: TrainSection, steps: int) -> list[float]:
 
 
 def test_warmup_then_cosine_to_min_lr():
-    cfg = TrainSection(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    cfg = schedule(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
     got = lrs(cfg, 111)
     assert got[0] == pytest.approx(1e-4)  # first step: lr/warmup, not 0
     assert got[9] == pytest.approx(1e-3)  # warmup ends at the full rate
@@ -44,7 +49,7 @@ def test_warmup_then_cosine_to_min_lr():
 
 
 def test_no_warmup_and_past_the_end():
-    cfg = TrainSection(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=4)
+    cfg = schedule(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=4)
     assert [lr_factor(s, cfg) for s in range(6)] == pytest.approx(
         [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0, 0.0]
     )

@@ -1,4 +1,4 @@
-"""train/faults.py step hooks: where they fire, for which rank, and only once with a marker (the kills
+"""train/faults.py step hooks (FaultPlan.in_step, the plan read from the environment once): where they fire, for which rank, and only once with a marker (the kills
 themselves are exercised by tests/train/test_kill_resume.py and tests/dist/test_kill_resume_dist.py)."""
 
 import pytest
@@ -12,7 +12,7 @@ def test_stall_fires_at_its_step_micro_batch_and_rank_only(monkeypatch):
     monkeypatch.setenv("MEGALANG_STALL_AT", "3:1:42")
     monkeypatch.setenv("MEGALANG_FAULT_RANK", "1")
     for step, micro, rank in ((3, 1, 0), (3, 0, 1), (2, 1, 1), (3, 1, 1)):
-        faults.maybe_step_fault(step, micro, rank)
+        faults.FaultPlan.from_env().in_step(step, micro, rank)
     assert slept == [42.0]
 
 
@@ -21,8 +21,8 @@ def test_once_marker_makes_a_fault_fire_a_single_time(monkeypatch, tmp_path):
     monkeypatch.setattr(faults.time, "sleep", slept.append)
     monkeypatch.setenv("MEGALANG_STALL_AT", "1:0:5")
     monkeypatch.setenv("MEGALANG_FAULT_ONCE", str(tmp_path / "fired"))
-    faults.maybe_step_fault(1, 0, 0)
-    faults.maybe_step_fault(1, 0, 0)  # a restarted process: the marker exists
+    faults.FaultPlan.from_env().in_step(1, 0, 0)
+    faults.FaultPlan.from_env().in_step(1, 0, 0)  # a restarted process: the marker exists
     assert slept == [5.0] and (tmp_path / "fired").is_file()
 
 
@@ -30,12 +30,22 @@ def test_kill_sends_sigkill_to_this_process(monkeypatch):
     sent = []
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     monkeypatch.setenv("MEGALANG_KILL_AT", "4:2")
-    faults.maybe_step_fault(4, 1, 0)
-    faults.maybe_step_fault(4, 2, 0)
+    faults.FaultPlan.from_env().in_step(4, 1, 0)
+    faults.FaultPlan.from_env().in_step(4, 2, 0)
     assert sent == [(faults.os.getpid(), faults.signal.SIGKILL)]
 
 
 def test_malformed_value_is_an_error(monkeypatch):
     monkeypatch.setenv("MEGALANG_KILL_AT", "4")
     with pytest.raises(ValueError, match="MEGALANG_KILL_AT=4: expected S:k"):
-        faults.maybe_step_fault(4, 0, 0)
+        faults.FaultPlan.from_env()
+
+
+def test_the_plan_is_read_once_not_at_each_step(monkeypatch):
+    """Changing the environment after the plan was read changes nothing: no lookup inside the step."""
+    sent = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    plan = faults.FaultPlan.from_env({})
+    monkeypatch.setenv("MEGALANG_KILL_AT", "1:0")
+    plan.in_step(1, 0, 0)
+    assert sent == [] and faults.FaultPlan.from_env().kill_at == (1, 0)

@@ -11,7 +11,7 @@ from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
 from megalang.monitor.metrics import read_metrics
 from megalang.store.manifest import lineage
-from megalang.train.checkpoint import load_trained_model
+from megalang.model.load import load_trained_model
 from megalang.train.trainer import train
 
 from .conftest import debug_config, make_shards, make_tokenizer, read_lines, train_capturing_weights
@@ -149,6 +149,7 @@ def test_gradient_accumulation_and_activation_checkpointing_match_the_plain_step
 
 def test_compile_matches_the_eager_step_and_leaves_cpu_attention_eager(shards, tmp_path):
     from megalang.parallel.parallelize import apply_compile, decoder_blocks
+    from megalang.torch_compat import is_compiled
     from megalang.train.trainer import setup
 
     plain, plain_w = short_run(shards, tmp_path, "eager")
@@ -159,8 +160,8 @@ def test_compile_matches_the_eager_step_and_leaves_cpu_attention_eager(shards, t
     t = setup(debug_config(shards, tmp_path / "parts", train={"max_steps": 1}))
     apply_compile(t.model, cpu=True)
     block = decoder_blocks(t.model)[0]
-    assert hasattr(block.mlp, "_compiled_call_impl") and block.mlp._compiled_call_impl is not None
-    assert getattr(block.self_attn, "_compiled_call_impl", None) is None and getattr(block, "_compiled_call_impl", None) is None
+    assert is_compiled(block.mlp)
+    assert not is_compiled(block.self_attn) and not is_compiled(block)
     t.sink.close()
 
 

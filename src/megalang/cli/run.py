@@ -25,7 +25,7 @@ def train_cmd(args: Annotated[Optional[list[str]], typer.Argument(help="Recipe f
     recipe, overrides = split_recipe(args or [])
     cfg = load_config(RunConfig, recipe, overrides)
     if cfg.launcher == "ray":
-        from megalang.parallel.ray_launch import train_on_ray as train
+        from megalang.ray_launch import train_on_ray as train
     else:
         from megalang.train.trainer import train
 

@@ -1,6 +1,6 @@
 """spaCy's English tokenizer rules (spaCy 3.8.18, MIT licence, (c) ExplosionAI GmbH), as data.
 
-datatrove splits English words with `spacy.blank("en")`; `quality.split_words` runs the same prefix / suffix /
+datatrove splits English words with `spacy.blank("en")`; `words.split_words` runs the same prefix / suffix /
 infix / URL rules and special cases in plain `re`, so Gopher and FineWeb ratios are computed on the same tokens
 without importing spaCy. Generated from `spacy.blank("en").tokenizer`; regenerate when spaCy changes its rules.
 """

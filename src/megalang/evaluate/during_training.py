@@ -7,32 +7,30 @@ sets are small. Eval sets are read once per process; results are `eval/NAME/METR
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
-from typing import Any
 
 from megalang.config import EvalSetConfig
 
 
-def maybe_run_evals(t: Any) -> dict[str, float]:
-    """The `evals:` sets due at this step (every N steps, and always at the last step), as flat metrics."""
-    last = t.step == t.cfg.train.max_steps
-    due = [s for s in t.cfg.evals if last or (s.every and t.step % s.every == 0)]
-    if not due or getattr(t, "schedule", None) is not None:  # pipeline stages hold part of the model
-        return {}
-    started = time.perf_counter()
-    model = getattr(t.model, "module", t.model)  # DDP wraps; FSDP2/TP do not
-    scorer = _scorer(model, t.run_dir, t.cfg.train.seq_len)
+def due_evals(evals: list[EvalSetConfig], step: int, max_steps: int) -> list[EvalSetConfig]:
+    """The `evals:` sets due at `step`: every N steps, and always at the last step."""
+    return [s for s in evals if step == max_steps or (s.every and step % s.every == 0)]
+
+
+def run_evals(due: list[EvalSetConfig], model, run_dir: Path, seq_len: int, autocast) -> dict[str, float]:
+    """Score `due` with the model being trained (`autocast`: the run's precision context), as flat
+    `eval/NAME/METRIC` metrics; the model is back in train mode afterwards."""
+    model = getattr(model, "module", model)  # DDP wraps; FSDP2/TP do not
+    scorer = _scorer(model, run_dir, seq_len)
     metrics: dict[str, float] = {}
     try:
-        with t.autocast():
+        with autocast:
             for s in due:
                 name = s.name or Path(s.data).stem
                 scorer.batch_size = s.batch_size
                 metrics.update({f"eval/{name}/{k}": v for k, v in run_eval_set(scorer, s).items()})
     finally:
         model.train()
-        t.clock.paused += time.perf_counter() - started  # eval time is not training throughput
     return metrics
 
 

@@ -26,8 +26,6 @@ def load_model_for_inference(path: str | Path, step: int | None = None, field: s
         raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
     if path.is_dir() and RunDir.looks_like_run(path):
         from megalang.data.tokenizer import load_hf_tokenizer
-        from megalang.train.checkpoint import load_trained_model
-
         model, _cfg = load_trained_model(path, step=step)
         return LoadedModel(model, load_hf_tokenizer(RunDir(path).tokenizer), "run", path)
     if path.is_dir() and (path / "config.json").is_file():
@@ -62,3 +60,37 @@ def load_gguf(path: Path) -> LoadedModel:
         raise UserError(f"{path}: cannot load as a GGUF model ({str(e).splitlines()[0]})") from None
     model.eval()
     return LoadedModel(model, tokenizer, "gguf", path)
+
+
+def load_trained_model(run_dir: str | Path, step: int | None = None):
+    """A run's checkpoint (the newest complete one, or `step`) as (the model in eval mode, on CPU, fp32; its
+    RunConfig). One process: the whole model is built, whatever layout saved it."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    from megalang.config import RunConfig, build_config
+    from megalang.model.build import materialize
+    from megalang.safe_load import load_dcp, quiet_dcp
+    from megalang.store.checkpoints import find_checkpoint, read_run_config, verify_files
+    from megalang.store.files import read_json
+    from megalang.store.run_dir import CheckpointFiles
+
+    path = find_checkpoint(run_dir, step)
+    verify_files(path)  # every file against COMPLETE.json first; also the LoRA branch's adapters (load_lora_checkpoint reads them unchecked)
+    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / CheckpointFiles.RUN_CONFIG))
+    if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
+        from megalang.model.lora import load_lora_checkpoint
+
+        with quiet_dcp():
+            return load_lora_checkpoint(path, cfg), cfg
+    raw = read_json(path / CheckpointFiles.MODEL_CONFIG, "model config")
+    config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    materialize(model, "cpu", seed=None)
+    state = {"model": get_model_state_dict(model)}
+    with quiet_dcp():
+        load_dcp(state, path)  # never unpickles arbitrary objects
+    set_model_state_dict(model, state["model"])
+    return model.eval(), cfg

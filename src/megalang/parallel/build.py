@@ -16,7 +16,6 @@ from megalang.model.build import build_model, materialize
 from megalang.parallel.mesh import ParallelDims
 from megalang.parallel.parallelize import parallelize
 from megalang.parallel.pipeline import build_schedule, build_stage
-from megalang.train.loss import cross_entropy
 
 
 @dataclass
@@ -28,7 +27,8 @@ class ParallelModel:
 
 
 def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any], device: torch.device,
-                         mesh, dims: ParallelDims, accum: int) -> ParallelModel:
+                         mesh, dims: ParallelDims, accum: int, loss_fn=None) -> ParallelModel:
+    """`loss_fn(logits, labels)`: the loss the last pipeline stage computes (pp > 1 only)."""
     if cfg.model.pretrained:
         return ParallelModel(build_pretrained_sharded(cfg, vocab_size, device, mesh, dims))
     meta = build_model(cfg.model, vocab_size, cfg.train.seq_len, special, cfg.seed, device="meta")
@@ -40,7 +40,7 @@ def build_parallel_model(cfg: RunConfig, vocab_size: int, special: dict[str, Any
     part = build_stage(meta, stage, dims.pp, cfg.train.seq_len)
     parallelize(part, mesh, cfg.train, cfg.parallel)
     materialize(part, device, cfg.seed, reference=meta)
-    schedule = build_schedule(part, stage, dims.pp, device, mesh["pp"].get_group(), accum, cross_entropy,
+    schedule = build_schedule(part, stage, dims.pp, device, mesh["pp"].get_group(), accum, loss_fn,
                               cfg.parallel.pp_schedule)
     return ParallelModel(part, schedule, first_stage=stage == 0, last_stage=stage == dims.pp - 1)
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from megalang.config import ParallelConfig, TrainSection
+from megalang.torch_compat import checkpoint_block, replicate
 
 
 def parallelize(
@@ -128,8 +129,7 @@ def apply_ac(model: nn.Module, every: int = 1) -> None:
     else:  # every k-th, or a pipeline stage (a plain module): set the switch HF's blocks carry themselves
         for i, block in enumerate(decoder_blocks(model)):
             if i % every == 0:
-                block.gradient_checkpointing = True
-                block._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)
+                checkpoint_block(block, functools.partial(torch.utils.checkpoint.checkpoint, **kwargs))
 
 
 def apply_compile(model: nn.Module, cpu: bool = False) -> None:
@@ -174,6 +174,4 @@ def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: torch.dtype | None, cpu_o
 def apply_ddp(model: nn.Module, dp_mesh) -> None:
     """Plain data parallel (DDP through the composable `replicate`, which keeps parameter names, so
     checkpoints need no 'module.' prefix juggling). Gradients are all-reduced in buckets during backward."""
-    from torch.distributed._composable.replicate import replicate
-
     replicate(model, device_mesh=dp_mesh, bucket_cap_mb=100)

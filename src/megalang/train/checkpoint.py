@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
     get_state_dict,
-    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
@@ -35,7 +32,7 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from megalang.errors import UserError
 from megalang.parallel.distributed import barrier
 from megalang.parallel.timeouts import collective_timeout
-from megalang.safe_load import load_dcp
+from megalang.safe_load import load_dcp, quiet_dcp
 from megalang.store.checkpoints import (
     apply_retention,
     corrupt_error,
@@ -45,21 +42,12 @@ from megalang.store.checkpoints import (
     latest_complete,
     mark_complete,
     read_complete,
-    read_run_config,
     start_checkpoint,
 )
 from megalang.store.files import read_json, write_json_atomic
 from megalang.store.run_dir import COMPLETE, CheckpointFiles, RunDir
-from megalang.train.faults import maybe_fault
-
-
-@contextlib.contextmanager
-def _quiet_dcp():
-    """DCP warns on every call without a process group; one process is a supported, intended case here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
+from megalang.torch_compat import stop_dcp_writer_process
+from megalang.train.faults import FaultPlan
 
 # --- RNG --------------------------------------------------------------------------------------------
 
@@ -91,23 +79,6 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-_ASYNC_GROUPS: dict[Any, Any] = {}
-
-
-def _async_group(timeout_s: float | None):
-    """A gloo group of its own for background saves: sharing the training group would interleave the save's
-    collectives with the training step's and hang (torchtitan does the same). It gets the run's collective
-    timeout (parallel.timeout_s): a new group does not inherit the default group's, and gloo's own is 30 min."""
-    if not torch.distributed.is_initialized():
-        return None
-    default = torch.distributed.group.WORLD
-    if default not in _ASYNC_GROUPS:
-        _ASYNC_GROUPS.clear()  # a group from an earlier (destroyed) default group is dead
-        timeout = collective_timeout(timeout_s) if timeout_s else None
-        _ASYNC_GROUPS[default] = torch.distributed.new_group(backend="gloo", timeout=timeout)
-    return _ASYNC_GROUPS[default]
-
-
 class PendingSave:
     """An async checkpoint in flight: its tensors are being written by DCP's background writer (a thread or a
     process); `finish()` waits for them, then marks it complete. Until then the previous checkpoint stays the
@@ -119,6 +90,7 @@ class PendingSave:
         self.staged = getattr(response, "staging_completion", None)
         self.future = getattr(response, "upload_completion", response)
         self.finalize = finalize
+        self.done: Path | None = None
 
     def wait_staged(self) -> None:
         """Block until the state is copied to host memory; after that the live tensors may change. The
@@ -128,10 +100,13 @@ class PendingSave:
             self.staged = None
 
     def finish(self) -> Path:
-        self.wait_staged()
-        with environment_failures(self.folder):
-            self.future.result()
-        return self.finalize()
+        """Wait for the write, then mark the checkpoint complete (once; later calls return the same folder)."""
+        if self.done is None:
+            self.wait_staged()
+            with environment_failures(self.folder):
+                self.future.result()
+            self.done = self.finalize()
+        return self.done
 
 
 @contextlib.contextmanager
@@ -156,30 +131,6 @@ def environment_failures(folder: Path):
         raise
 
 
-_STAGERS: dict[bool, Any] = {}  # by writer: a process reads shared memory, a thread plain host memory
-
-
-def _background_stager(process: bool):
-    """The copy of the state to host memory that an async save writes from.
-
-    On CUDA the copy runs in a background thread (pinned memory, non-blocking copies): the save call returns at
-    once and only the optimizer step waits for it. On a CPU it runs before the save call returns: a background
-    copy's intra-op threads would compete with the training step's for the same cores (measured: the step
-    slowed by up to 1.2 s for a 0.04 s copy on 2 cores), so a plain copy before returning stalls less.
-    For a writer process the copy is in shared memory, which the process maps instead of receiving a copy.
-
-    One stager per writer kind, kept across saves: it caches a host buffer per tensor storage (weakly keyed, so a
-    freed model's buffers go with it), and later saves copy into those buffers instead of allocating and
-    faulting in the whole state again. A save must finish before the next one starts (the trainer does)."""
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-    if process not in _STAGERS:
-        cuda = torch.cuda.is_available()
-        _STAGERS[process] = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=process,
-                                                         use_async_staging=cuda, use_non_blocking_copy=cuda))
-    return _STAGERS[process]
-
-
 def check_shared_memory(nbytes: int, shm: Path = Path("/dev/shm")) -> None:
     """A writer process (checkpoint.async_writer=process) maps the staged state from shared memory, which on
     Linux is the /dev/shm tmpfs; a container's default there (Docker: 64 MiB) would fail the first save,
@@ -195,79 +146,130 @@ def check_shared_memory(nbytes: int, shm: Path = Path("/dev/shm")) -> None:
             "checkpoint.async_writer=thread")
 
 
-def release_staging() -> None:
-    """Drop the host copies async saves keep between saves and stop the writer process (the end of a run)."""
-    while _STAGERS:
-        _STAGERS.popitem()[1].close()
-    # DCP keeps its writer process for the life of the trainer process and offers no call to stop it; left
-    # to interpreter exit it dies on a closed pipe with a traceback. Stop it as DCP's own finalizer does.
-    from torch.distributed.checkpoint import _async_process_executor as process_executor
+class Checkpointer:
+    """Saves a run's checkpoints, and owns what async saves keep between saves: one host stager per writer kind
+    (a process reads shared memory, a thread plain host memory), the gloo group background saves use, DCP's
+    writer process and the save in flight; also which checkpoints this process already verified. `close()` at
+    the end of a run, a failed one too (the trainer does, in `train`'s finally)."""
 
-    writer, process_executor._CHECKPOINT_PROCESS = process_executor._CHECKPOINT_PROCESS, None
-    if writer is not None:
-        with contextlib.suppress(OSError):  # a writer that already exited has closed its end of the pipe
-            writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
-        writer._save_process.join(timeout=5)  # reaped, after a SIGTERM too
+    def __init__(self, run_dir: RunDir | str | os.PathLike, keep: int = 2, async_save: bool = False,
+                 async_writer: str = "thread", timeout_s: float | None = None, faults: FaultPlan = FaultPlan()):
+        self.run, self.keep, self.faults = RunDir.of(run_dir), keep, faults
+        self.async_save, self.async_writer, self.timeout_s = async_save, async_writer, timeout_s
+        self.pending: PendingSave | None = None
+        self.verified: set[tuple] = set()  # see verify_checkpoint
+        self._stagers: dict[bool, Any] = {}
+        self._group: Any = None
+        self._group_of: Any = None  # the default group `_group` was made for
 
+    def save(self, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             loader: Any, tokens_seen: int, run_config: dict[str, Any],
+             extra: dict[str, Any] | None = None) -> Path | PendingSave:
+        """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
 
-def save_checkpoint(
-    run_dir: str | os.PathLike,
-    step: int,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    loader: Any,
-    tokens_seen: int,
-    run_config: dict[str, Any],
-    keep: int,
-    extra: dict[str, Any] | None = None,
-    async_save: bool = False,
-    async_writer: str = "process",
-    timeout_s: float | None = None,
-) -> Path | PendingSave:
-    """Write `checkpoints/step-N/` (tmp folder → COMPLETE.json → rename), then apply retention.
-
-    Every rank calls this (DCP's save is collective). With `async_save` it returns once the tensors are
-    staged in host memory, and the caller must `finish()` the returned PendingSave before the next save.
-    `async_writer="process"` writes from a process of DCP's (which needs a process group; see
-    parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one.
-    `timeout_s` bounds the background save's collectives (parallel.timeout_s; None: gloo's default).
-    """
-    run = RunDir.of(run_dir)
-    final, tmp = run.step(step), run.step_tmp(step)
-    if _rank() == 0:
-        start_checkpoint(run, step)
-    barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
-    if _rank() == 0:
-        _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
-
-    process = async_save and async_writer == "process"
-    writer = _SyncedWriter(tmp, step, background=async_save, process=process)
-
-    def finalize() -> Path:
-        digests = _gather_digests(writer.written_digests())  # every rank calls finalize (after the save, or in finish())
+        Every rank calls this (DCP's save is collective). A save still in flight is finished first: one at a
+        time, and its host buffers are what this one reuses. With async_save it returns once the tensors are
+        staged, as a PendingSave that `finish_pending()` (or the next save) completes; async_writer="process"
+        writes from a process of DCP's (which needs a process group; see
+        parallel.distributed.maybe_init_process_group(alone=True)), "thread" from a thread of this one."""
+        self.finish_pending()
+        run, faults = self.run, self.faults
+        final, tmp = run.step(step), run.step_tmp(step)
         if _rank() == 0:
-            maybe_fault("after_shards", step)
-            mark_complete(run, step, tokens_seen, digests, fault=maybe_fault)
-            apply_retention(run, keep, fault=maybe_fault)
+            start_checkpoint(run, step)
+        barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
+        if _rank() == 0:
+            _write_trainer_files(tmp, step, model, scheduler, loader, tokens_seen, run_config, extra)
+        process = self.async_save and self.async_writer == "process"
+        writer = _SyncedWriter(tmp, step, faults, background=self.async_save, process=process)
+
+        def finalize() -> Path:
+            digests = _gather_digests(writer.written_digests())  # every rank calls finalize
+            if _rank() == 0:
+                faults.at_save("after_shards", step)
+                mark_complete(run, step, tokens_seen, digests, fault=faults.at_save)
+                apply_retention(run, self.keep, fault=faults.at_save)
+            return final
+
+        with quiet_dcp():
+            if self.async_save:
+                kind = AsyncCheckpointerType.PROCESS if process else AsyncCheckpointerType.THREAD
+                response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
+                                          storage_writer=writer, process_group=self._async_group(),
+                                          async_checkpointer_type=kind, async_stager=self._stager(process))
+                self.pending = PendingSave(response, finalize, tmp)
+                return self.pending
+            with environment_failures(tmp):
+                dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
+        # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
+        # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.
+        final = finalize()
+        barrier()
         return final
 
-    with _quiet_dcp():
-        if async_save:
-            kind = AsyncCheckpointerType.PROCESS if process else AsyncCheckpointerType.THREAD
-            response = dcp.async_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp,
-                                      storage_writer=writer, process_group=_async_group(timeout_s),
-                                      async_checkpointer_type=kind, async_stager=_background_stager(process))
-            return PendingSave(response, finalize, tmp)
-        with environment_failures(tmp):
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, storage_writer=writer)
-    # DCP's save ends with rank 0 writing the metadata after every rank reported its writes, so once it
-    # returns everything is on disk; the barrier keeps ranks from racing ahead of the rename.
-    final = finalize()
-    barrier()
-    return final
+    def wait_staged(self) -> None:
+        """Before weights change: the save in flight must have its host copy (a no-op without one)."""
+        if self.pending is not None:
+            self.pending.wait_staged()
+
+    def finish_pending(self) -> Path | None:
+        """Wait for the async save in flight (if any) and mark it complete."""
+        pending, self.pending = self.pending, None
+        return pending.finish() if pending is not None else None
+
+    def close(self) -> None:
+        """Drop the host copies kept between saves and stop DCP's writer process. A save still in flight is not
+        completed (a failed run): its step-N.tmp/ is never discovered."""
+        self.pending = None
+        while self._stagers:
+            self._stagers.popitem()[1].close()
+        stop_dcp_writer_process()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _async_group(self):
+        """A gloo group of its own for background saves: sharing the training group would interleave the save's
+        collectives with the training step's and hang (torchtitan does the same). It gets the run's collective
+        timeout (parallel.timeout_s): a new group does not inherit the default group's, and gloo's own is 30 min."""
+        if not torch.distributed.is_initialized():
+            return None
+        default = torch.distributed.group.WORLD
+        if self._group_of is not default:  # a group from an earlier (destroyed) default group is dead
+            timeout = collective_timeout(self.timeout_s) if self.timeout_s else None
+            self._group, self._group_of = torch.distributed.new_group(backend="gloo", timeout=timeout), default
+        return self._group
+
+    def _stager(self, process: bool):
+        """The copy of the state to host memory that an async save writes from.
+
+        On CUDA the copy runs in a background thread (pinned memory, non-blocking copies): the save call returns
+        at once and only the optimizer step waits for it. On a CPU it runs before the save call returns: a
+        background copy's intra-op threads would compete with the training step's for the same cores (measured:
+        the step slowed by up to 1.2 s for a 0.04 s copy on 2 cores), so a plain copy before returning stalls
+        less. For a writer process the copy is in shared memory, which the process maps instead of receiving one.
+
+        One stager per writer kind, kept across saves: it caches a host buffer per tensor storage (weakly keyed,
+        so a freed model's buffers go with it), and later saves copy into those buffers instead of allocating and
+        faulting in the whole state again."""
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        if process not in self._stagers:
+            cuda = torch.cuda.is_available()
+            self._stagers[process] = DefaultStager(StagingOptions(
+                use_pinned_memory=cuda, use_shared_memory=process, use_async_staging=cuda, use_non_blocking_copy=cuda))
+        return self._stagers[process]
+
+
+def save_checkpoint(run_dir: RunDir | str | os.PathLike, step: int, *, keep: int = 2, faults: FaultPlan = FaultPlan(),
+                    **state: Any) -> Path:
+    """One synchronous save without a Checkpointer to keep (tests, benchmarks, tools)."""
+    with Checkpointer(run_dir, keep=keep, faults=faults) as checkpointer:
+        return checkpointer.save(step, **state)
 
 
 class _SyncedWriter(dcp.FileSystemWriter):
@@ -281,9 +283,9 @@ class _SyncedWriter(dcp.FileSystemWriter):
     on its own copy of this object, so there the digests come back through a file beside the shards, which
     `written_digests` reads and removes before the checkpoint is described."""
 
-    def __init__(self, path: Path, step: int, background: bool = False, process: bool = False):
+    def __init__(self, path: Path, step: int, faults: FaultPlan, background: bool = False, process: bool = False):
         super().__init__(path, sync_files=True)
-        self.step, self.background, self.process = step, background, process
+        self.step, self.faults, self.background, self.process = step, faults, background, process
         self.trainer_pid = os.getpid()  # a fault injected in a writer process kills the trainer too
         self.digests: dict[str, str] = {}
 
@@ -304,7 +306,7 @@ class _SyncedWriter(dcp.FileSystemWriter):
 
     def finish(self, metadata, results) -> None:
         # DCP calls finish on the coordinator (rank 0) once every rank has reported its files written.
-        maybe_fault("before_metadata", self.step, also_kill=self.trainer_pid)
+        self.faults.at_save("before_metadata", self.step, also_kill=self.trainer_pid)
         super().finish(metadata, results)
 
     def written_digests(self) -> dict[str, str]:
@@ -366,9 +368,6 @@ def _options(model) -> StateDictOptions:
     return StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
-_VERIFIED: set[tuple] = set()
-
-
 def _verified_key(path: Path) -> tuple:
     """The folder and every file's (name, size, mtime): a file rewritten or truncated since the last check
     is checked again; stat calls cost nothing next to hashing."""
@@ -385,35 +384,38 @@ def _all_ranks(value: Any, world: int) -> list[Any]:
     return gathered
 
 
-def verify_checkpoint(path: Path) -> None:
+def verify_checkpoint(path: Path, verified: set[tuple] | None = None) -> None:
     """Every file of a complete checkpoint against COMPLETE.json, before any of it is read (UserError naming
     the first bad file). With several ranks each hashes its share of the files and all agree on the outcome,
     so every rank stops, or none does. Once per process and checkpoint: a resume checks it while choosing it
-    (before touching the run folder) and does not re-read terabytes when loading it a moment later."""
+    (before touching the run folder) and does not re-read terabytes when loading it a moment later: `verified`
+    (a Checkpointer's) remembers what this process checked."""
     path = Path(path)
     key = _verified_key(path)
     rank, world = (_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
-    if all(_all_ranks(key in _VERIFIED, world)):  # skipped only if every rank skips: no rank waits alone
+    verified = set() if verified is None else verified
+    if all(_all_ranks(key in verified, world)):  # skipped only if every rank skips: no rank waits alone
         return
     record = read_complete(path)
     problems = file_problems(path, record, sorted(record["files"])[rank::world])
     problems = [line for part in _all_ranks(problems, world) for line in part]
     if problems:
         raise corrupt_error(path, problems)
-    _VERIFIED.add(key)
+    verified.add(key)
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader,
+                    verified: set[tuple] | None = None) -> dict[str, Any]:
     """Load a complete checkpoint into the given objects (in place); return the trainer state
     (step, tokens_seen, and anything saved as `extra`, such as the fp16 loss scaler)."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {COMPLETE})")
-    verify_checkpoint(path)
+    verify_checkpoint(path, verified)
     # get_state_dict gives tensors of the right shapes (sharded, later) for DCP to load into.
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": model_sd, "optim": optim_sd}
-    with _quiet_dcp():
+    with quiet_dcp():
         load_dcp(state, path)  # never unpickles arbitrary objects
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(model))
@@ -424,37 +426,10 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, loader
     return trainer_state
 
 
-def resume_checkpoint(run_dir: str | os.PathLike, step: int | None) -> Path | None:
+def resume_checkpoint(run_dir: str | os.PathLike, step: int | None, verified: set[tuple] | None = None) -> Path | None:
     """Where a run continues, verified: exactly `step` when one is requested (checkpoint.resume_step; missing
     or incomplete is an error, never a silent fresh start), else the newest complete checkpoint (None: fresh)."""
     path = latest_complete(run_dir) if step is None else find_checkpoint(run_dir, step, field="checkpoint.resume_step")
     if path is not None:
-        verify_checkpoint(path)
+        verify_checkpoint(path, verified)
     return path
-
-
-def load_trained_model(run_dir: str | os.PathLike, step: int | None = None):
-    """(LlamaForCausalLM in eval mode, on CPU, fp32, with the checkpoint's weights; its RunConfig)."""
-    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
-
-    from megalang.config import RunConfig, build_config
-    from megalang.model.build import materialize
-
-    path = find_checkpoint(run_dir, step)
-    verify_checkpoint(path)  # also the LoRA branch's adapters (load_lora_checkpoint reads them unchecked)
-    cfg = build_config(RunConfig, read_run_config(path)["config"], str(path / CheckpointFiles.RUN_CONFIG))
-    if cfg.lora.rank:  # adapters only on disk: the base comes from model.pretrained (model/lora.py)
-        from megalang.model.lora import load_lora_checkpoint
-
-        with _quiet_dcp():
-            return load_lora_checkpoint(path, cfg), cfg
-    raw = read_json(path / CheckpointFiles.MODEL_CONFIG, "model config")
-    config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    materialize(model, "cpu", seed=None)
-    state = {"model": get_model_state_dict(model)}
-    with _quiet_dcp():
-        load_dcp(state, path)  # never unpickles arbitrary objects
-    set_model_state_dict(model, state["model"])
-    return model.eval(), cfg

@@ -53,20 +53,22 @@ class FineTune:
 # --- data -------------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: RunConfig) -> dict[str, Any]:
-    """The shard manifest the run trains on. `data.sft=FILE` is tokenized into RUN/sft-data (once per input
-    content) and `data.shards` then points there, so the resolved config names the exact shards."""
+def prepare_data(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """(the shard folder the run trains on, its manifest). `data.sft=FILE` is tokenized into RUN/sft-data (once
+    per input content), which is then the shard folder; the config itself is left as the user wrote it, so
+    re-running `megalang train RUN/config.yaml` finds data.sft again and resumes."""
     if cfg.data.sft and cfg.data.shards:
         raise UserError("give either data.sft (a JSONL file) or data.shards (a shard folder), not both")
     if (cfg.data.sft_val or cfg.data.sft_val_fraction) and not cfg.data.sft:
         raise UserError("data.sft_val and data.sft_val_fraction split data.sft; for data.shards, tokenize a val split "
                         "with `megalang data tokenize --format sft --set val_input=FILE`")
     if cfg.data.sft:
-        cfg.data.shards = str(tokenize_sft_for_run(cfg))
+        shards = str(tokenize_sft_for_run(cfg))
+        return shards, read_shard_manifest(shards)
     if not cfg.data.shards:
         raise UserError("data.shards is not set; pass data.shards=FOLDER (written by `megalang data tokenize`) or "
                         "data.sft=FILE.jsonl with model.pretrained=PATH")
-    return read_shard_manifest(cfg.data.shards)
+    return cfg.data.shards, read_shard_manifest(cfg.data.shards)
 
 
 def tokenize_sft_for_run(cfg: RunConfig) -> Path:
@@ -102,13 +104,13 @@ def is_sft(manifest: dict[str, Any]) -> bool:
     return manifest.get("format") == "sft"
 
 
-def build_loader(cfg: RunConfig, manifest: dict[str, Any], rank: int, world: int):
+def build_loader(cfg: RunConfig, shards: str, manifest: dict[str, Any], rank: int, world: int):
     """SFT rows for an SFT shard folder; None: the trainer's token-window loader."""
     if not is_sft(manifest):
         return None
     from megalang.data.sft import SftLoader
 
-    return SftLoader(cfg.data.shards, manifest, cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed, rank, world,
+    return SftLoader(shards, manifest, cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed, rank, world,
                      packing=cfg.data.packing, overlong=cfg.data.overlong)
 
 
@@ -122,7 +124,7 @@ def check_finetune(cfg: RunConfig, device: torch.device, world: int, accum: int)
 
     check_qlora(cfg.lora, device)
     check_privacy(cfg, accum, world)
-    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.train.objective == "distill"):
+    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.loss.objective == "distill"):
         raise UserError("LoRA, DP and distillation run on one process for now; launch without torchrun")
     if cfg.lora.rank and not cfg.model.pretrained:
         raise UserError("lora.rank > 0 needs model.pretrained=PATH: adapters train on top of a pretrained model")
@@ -166,7 +168,7 @@ def build_finetune(cfg: RunConfig, manifest: dict[str, Any], model, optimizer, l
 def is_active(cfg: RunConfig, manifest: dict[str, Any]) -> bool:
     """Whether the run needs any of this module (a plain pretraining run keeps the trainer's own loss)."""
     return bool(is_sft(manifest) or cfg.lora.rank or cfg.privacy.target_epsilon is not None
-                or cfg.train.objective != "ce" or cfg.model.pretrained)
+                or cfg.loss.objective != "ce" or cfg.model.pretrained)
 
 
 # --- held-out loss ----------------------------------------------------------------------------------
@@ -197,13 +199,13 @@ class SftVal:
             yield {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
-def open_val(cfg: RunConfig, manifest: dict[str, Any]) -> SftVal | None:
+def open_val(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> SftVal | None:
     """The SFT val rows, or None (no val_loss) when the folder has no val split."""
     from megalang.data.sft import build_rows, read_sft_examples
 
     if not manifest["splits"].get("val", {}).get("documents"):
         return None
-    examples = read_sft_examples(cfg.data.shards, manifest, "val")
+    examples = read_sft_examples(shards, manifest, "val")
     rows, _stats = build_rows(examples, cfg.train.seq_len, cfg.data.packing, cfg.data.overlong, cfg.seed)
     pad_id = next(v for v in (manifest.get("pad_id"), manifest.get("eos_id"), 0) if v is not None)
     return SftVal(rows, cfg.train.seq_len, cfg.train.micro_batch_size, pad_id) if rows else None

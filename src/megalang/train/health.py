@@ -2,7 +2,7 @@
 spikes, decided once for all ranks before the update so that every rank skips, or stops, together.
 
 The check needs the loss and grad norm on the host each step: one small all_reduce (a flag per rank plus the
-loss) and one device-to-host sync per step. `train.nonfinite=off` with `train.spike_zscore=0` removes both (the
+loss) and one device-to-host sync per step. `health.nonfinite=off` with `health.spike_zscore=0` removes both (the
 fastest path; a NaN then flows into the weights unnoticed until the next logged loss).
 
 A skipped step makes no update (gradients are dropped), but the LR schedule and the data loader still advance:
@@ -20,9 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megalang.config import TrainSection
+from megalang.config import HealthConfig
 from megalang.errors import UserError
-from megalang.train.faults import loss_faults
 
 _LOSS, _NORM = 1.0, 2.0  # what a rank found non-finite, added into its slot of the flag vector
 _SKIPPED_AT_KEPT = 100  # the summary lists the steps of the last this-many skips
@@ -82,57 +81,61 @@ class HealthGuard:
         return {"skipped_steps": self.skipped, "spike_skipped_steps": self.spikes, "skipped_at": self.skipped_at}
 
 
-def build_health_guard(tc: TrainSection) -> HealthGuard:
-    return HealthGuard(tc.nonfinite, tc.max_skipped_steps, tc.spike_zscore, tc.spike_window)
+def build_health_guard(hc: HealthConfig) -> HealthGuard:
+    return HealthGuard(hc.nonfinite, hc.max_skipped_steps, hc.spike_zscore, hc.spike_window)
 
 
-def maybe_skip_step(t, loss: torch.Tensor | None, norm: torch.Tensor | None) -> bool:
-    """Decide, identically on every rank, whether the step about to update the weights is skipped; True after
-    dropping its gradients. Raises NumericalError (before the update, before any save) when the policy says stop."""
-    guard: HealthGuard = t.health
+def check_step(guard: HealthGuard, step: int, loss: torch.Tensor | None, norm: torch.Tensor | None, *, rank: int,
+               world: int, contributors: int, check_norm: bool = True, planted: set[str] = frozenset(),
+               model=None) -> str | None:
+    """Decide, identically on every rank, whether the step about to update the weights is skipped: the reason
+    to skip it, or None to update. Updates the guard's counters; raises NumericalError (before the update,
+    before any save) when the policy says stop. `check_norm` is False when the norm cannot be trusted (fp16 loss
+    scaling);
+    `planted`: the crash tests' loss faults for this step and rank (train/faults.py), applied to `model`."""
     if not guard.active or loss is None:
-        return False
-    step = t.step + 1
-    loss, norm = apply_loss_faults(t, loss, norm, step)
-    bad, mean_loss = agree(t, loss, norm if t.scaler is None else None)
+        return None
+    if planted:
+        loss, norm = apply_loss_faults(planted, loss, norm, model)
+    bad, mean_loss = agree(loss, norm if check_norm else None, rank, world, contributors)
     if bad:
         if guard.nonfinite == "off":
-            return False  # only the spike guard is on; a non-finite loss must not enter its window either
+            return None  # only the spike guard is on; a non-finite loss must not enter its window either
         what = "; ".join(f"{kind} on rank {r}" for r, kind in bad.items())
         if guard.nonfinite == "stop":
             raise NumericalError(
-                f"step {step}: non-finite {what} (train.nonfinite=stop); stopped before the update, nothing saved "
-                "after the last checkpoint. Lower train.lr, keep train.grad_clip > 0 or check the data, then re-run "
-                "(it resumes from the newest checkpoint); train.nonfinite=skip skips such steps instead"
+                f"step {step}: non-finite {what} (health.nonfinite=stop); stopped before the update, nothing saved "
+                "after the last checkpoint. Lower optimizer.lr, keep optimizer.grad_clip > 0 or check the data, then re-run "
+                "(it resumes from the newest checkpoint); health.nonfinite=skip skips such steps instead"
             )
         guard.skipped += 1
         reason = f"non-finite {what}"
     elif guard.is_spike(mean_loss):
         guard.spikes += 1
-        reason = f"loss spike {mean_loss:.4g} (z-score above train.spike_zscore={guard.spike_zscore})"
+        reason = f"loss spike {mean_loss:.4g} (z-score above health.spike_zscore={guard.spike_zscore})"
     else:
         guard.accept(mean_loss)
-        return False
+        return None
     guard.consecutive += 1
     guard.skipped_at = (guard.skipped_at + [step])[-_SKIPPED_AT_KEPT:]
     if guard.consecutive > guard.max_skipped:
         raise NumericalError(
-            f"step {step}: {reason}; {guard.consecutive} bad steps in a row (train.max_skipped_steps="
+            f"step {step}: {reason}; {guard.consecutive} bad steps in a row (health.max_skipped_steps="
             f"{guard.max_skipped}); stopped before the update, nothing saved after the last checkpoint. Lower "
-            "train.lr or check the data, then re-run (it resumes from the newest checkpoint)"
+            "optimizer.lr or check the data, then re-run (it resumes from the newest checkpoint)"
         )
-    skip_update(t)
-    if t.group.rank == 0:
+    if rank == 0:
         print(f"step {step}: {reason}; update skipped ({guard.consecutive} in a row, "
               f"{guard.skipped + guard.spikes} in total)", file=sys.stderr, flush=True)
-    return True
+    return reason
 
 
-def agree(t, loss: torch.Tensor, norm: torch.Tensor | None) -> tuple[dict[int, str], float]:
+def agree(loss: torch.Tensor, norm: torch.Tensor | None, rank: int, world: int,
+          contributors: int) -> tuple[dict[int, str], float]:
     """({rank: what was non-finite there}, world-mean loss), the same on every rank: one all_reduce of a
     (world + 1)-vector — each rank's flag in its own slot, the losses summed in the last — then one host read.
-    Ranks holding no loss (pipeline stages before the last) add 0, as in the trainer's `log`."""
-    world, rank = t.group.world, t.group.rank
+    Ranks holding no loss (pipeline stages before the last) add 0, as in the trainer's `log`; `contributors`
+    is the number of ranks that hold one (data-parallel ranks)."""
     vec = torch.zeros(world + 1, dtype=torch.float64, device=loss.device)
     flag = (~torch.isfinite(loss.detach())).double() * _LOSS
     if norm is not None:
@@ -142,7 +145,6 @@ def agree(t, loss: torch.Tensor, norm: torch.Tensor | None) -> tuple[dict[int, s
     if world > 1:
         dist.all_reduce(vec, op=dist.ReduceOp.SUM)  # the world group: every rank, every parallel dimension
     values = vec.tolist()  # the one host sync of the check
-    contributors = t.dims.world // t.dims.pp if t.dims is not None else 1
     bad = {r: _describe(values[r]) for r in range(world) if values[r]}
     return bad, values[world] / contributors
 
@@ -151,19 +153,16 @@ def _describe(flag: float) -> str:
     return {_LOSS: "loss", _NORM: "grad norm"}.get(flag, "loss and grad norm")
 
 
-def skip_update(t) -> None:
+def skip_update(optimizer, scheduler, scaler=None) -> None:
     """Drop the step's gradients; the LR schedule (and the fp16 loss scale) move on as after an update."""
-    t.optimizer.zero_grad(set_to_none=True)
-    if t.scaler:
-        t.scaler.update()  # unscale_ recorded this step's inf checks; update backs the scale off if it found any
-    t.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.update()  # unscale_ recorded this step's inf checks; update backs the scale off if it found any
+    scheduler.step()
 
 
-def apply_loss_faults(t, loss: torch.Tensor, norm: torch.Tensor | None, step: int):
-    """MEGALANG_FAULT_LOSS (train/faults.py): the reliability tests' planted NaN, Inf and spikes."""
-    kinds = loss_faults(step, t.group.rank)
-    if not kinds:
-        return loss, norm
+def apply_loss_faults(kinds: set[str], loss: torch.Tensor, norm: torch.Tensor | None, model):
+    """The reliability tests' planted NaN, Inf and spikes (MEGALANG_FAULT_LOSS, train/faults.py)."""
     if "nan" in kinds:
         loss = torch.full_like(loss, float("nan"))
     if "inf" in kinds:
@@ -172,7 +171,7 @@ def apply_loss_faults(t, loss: torch.Tensor, norm: torch.Tensor | None, step: in
         loss = loss * 100
     if "nangrad" in kinds:
         with torch.no_grad():
-            for p in t.model.parameters():
+            for p in model.parameters():
                 if p.grad is not None:
                     grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
                     grad.fill_(float("nan"))

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megalang.torch_compat import has_hooks
+
 IGNORE = -100
 
 
@@ -128,8 +130,7 @@ LOGITS_AS_IS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2",
 
 def fusable(head: nn.Module) -> bool:
     """A plain bias-free Linear nobody hooks: its output can be replaced by the loss."""
-    return (type(head) is nn.Linear and head.bias is None and not head._forward_hooks
-            and not head._forward_pre_hooks and not head._backward_hooks)
+    return type(head) is nn.Linear and head.bias is None and not has_hooks(head)
 
 
 @contextlib.contextmanager

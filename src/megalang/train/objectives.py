@@ -72,7 +72,7 @@ def load_teacher(cfg: DistillConfig, device: torch.device):
     from megalang.model.load import load_model_for_inference
 
     if not cfg.teacher:
-        raise UserError("train.objective=distill needs distill.teacher=PATH (a Hugging Face folder, .gguf or run)")
+        raise UserError("loss.objective=distill needs distill.teacher=PATH (a Hugging Face folder, .gguf or run)")
     loaded = load_model_for_inference(Path(cfg.teacher), field="distill.teacher")
     teacher = loaded.model.to(device).eval()
     for p in teacher.parameters():
@@ -94,8 +94,8 @@ def check_same_vocabulary(teacher_tokenizer, student_vocab: dict[str, int] | Non
 
 def build_objective(cfg, manifest: dict[str, Any], device: torch.device):
     """The loss function the trainer calls per micro-batch."""
-    if cfg.train.objective == "ce":
-        return fused_next_token_loss if cfg.train.fused_loss else next_token_loss
+    if cfg.loss.objective == "ce":
+        return fused_next_token_loss if cfg.loss.fused else next_token_loss
     teacher, tokenizer = load_teacher(cfg.distill, device)
     check_same_vocabulary(tokenizer, student_vocabulary(manifest), manifest["vocab_size"], cfg.distill.teacher)
     return DistillObjective(teacher, cfg.distill, device)

@@ -29,8 +29,8 @@ def check_privacy(cfg: RunConfig, accum: int, world: int) -> None:
         problems.append("gradient accumulation is not supported with DP; leave train.global_batch_tokens unset")
     if world != 1:
         problems.append("DP training runs on one process")
-    if cfg.train.objective != "ce":
-        problems.append("train.objective=distill is not supported with privacy")
+    if cfg.loss.objective != "ce":
+        problems.append("loss.objective=distill is not supported with privacy")
     if problems:
         raise UserError("privacy.target_epsilon is set but " + "; ".join(problems))
 

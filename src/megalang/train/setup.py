@@ -35,13 +35,17 @@ from megalang.store.checkpoints import read_run_config, remove_stale_tmp
 from megalang.store.files import fsync_dir, sha256_file, write_json_atomic
 from megalang.store.manifest import MANIFEST
 from megalang.store.run_dir import RunDir
-from megalang.train import compat, finetune
+from megalang.train import finetune
+from megalang.train import resume_compat as compat
 from megalang.train.checkpoint import (
+    Checkpointer,
     check_shared_memory,
     load_checkpoint,
     resume_checkpoint,
 )
+from megalang.train.faults import FaultPlan
 from megalang.train.health import build_health_guard
+from megalang.train.loss import cross_entropy
 from megalang.train.objectives import build_objective
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.state import Trainer
@@ -61,37 +65,40 @@ def writer_process(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.checkpoint.async_save and async_writer(cfg, device) == "process"
 
 
-def setup(cfg: RunConfig) -> Trainer:
+def setup(cfg: RunConfig, faults: FaultPlan = FaultPlan()) -> Trainer:
     """Check everything that can be wrong before touching the run folder, then build the run."""
-    manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
+    shards, manifest = finetune.prepare_data(cfg)  # data.shards, or data.sft tokenized with the model's tokenizer
     if not cfg.model.pretrained:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
     device = pick_device(cfg)
     group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
     try:
-        return build_trainer(cfg, manifest, device, group)
+        return build_trainer(cfg, shards, manifest, device, group, faults)
     except BaseException:
         group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
         raise
 
 
-def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device, group: ProcessGroup) -> Trainer:
+def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device: torch.device, group: ProcessGroup,
+                  faults: FaultPlan = FaultPlan()) -> Trainer:
     """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one."""
     dims = resolve_parallel(cfg, manifest, group.world)
     dp_world = dims.dp if dims else 1
     accum = grad_accum_steps(cfg, dp_world)
     finetune.check_finetune(cfg, device, group.world, accum)
-    run_config = resolved_run_config(cfg, manifest, group.world, accum, dims)
+    run_config = resolved_run_config(cfg, manifest, group.world, accum, dims, shards)
     run_dir = Path(cfg.run.dir)
-    resume_from = find_resume(cfg, run_dir, run_config)
-    verify_shards(cfg.data.shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save, async_writer(cfg, device),
+                                cfg.parallel.timeout_s, faults)
+    resume_from = find_resume(cfg, run_dir, run_config, checkpointer.verified)
+    verify_shards(shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
     mesh = build_mesh(dims, device.type) if dims else None
     dp_rank = data_rank(mesh, dims)[0] if dims else 0
-    loader = finetune.build_loader(cfg, manifest, dp_rank, dp_world) or SampleLoader(
-        open_split(cfg.data.shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
+    loader = finetune.build_loader(cfg, shards, manifest, dp_rank, dp_world) or SampleLoader(
+        open_split(shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
         dp_rank, dp_world, curriculum=manifest.get("curriculum") if cfg.data.curriculum else None)
     if group.rank == 0:
-        prepare_run_dir(cfg, run_dir, manifest)
+        prepare_run_dir(cfg, run_dir, manifest, shards)
     barrier()  # the run folder exists (and is clean) before any rank touches it
     seed_everything(cfg.seed)
     if dims is None:
@@ -101,9 +108,10 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
         model = finetune.wrap_model(model, cfg)  # LoRA adapters (lora.rank > 0)
         built = None
     else:
-        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum)
+        built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum,
+                                     loss_fn=cross_entropy)  # a pipeline's last stage: the plain logits loss
         model = built.model
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.optimizer)
     if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
         check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters())
                             * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -111,19 +119,20 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
     if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
         optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
     objective = build_objective(cfg, manifest, device)  # after DP's wrapping, as before: a teacher loads here
-    val_split = open_val_split(cfg, manifest)
+    val_split = open_val_split(cfg, shards, manifest)
     validate = finetune.evaluate_sft_loss if isinstance(val_split, finetune.SftVal) else evaluate_lm_loss
     monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
     t = Trainer(
         cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train),
+        scheduler=build_scheduler(optimizer, cfg),
         scaler=torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None,
         loader=loader, val_split=val_split, objective=objective, validate=validate,
         sink=MetricsSink(RunDir(run_dir).metrics, backends=monitor.backends, enabled=group.rank == 0),
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=peak_flops(device, cfg.train.precision),
-        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.train),
+        group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.health), faults=faults,
+        checkpointer=checkpointer,
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
@@ -133,11 +142,15 @@ def build_trainer(cfg: RunConfig, manifest: dict[str, Any], device: torch.device
 
 
 def resume(t: Trainer, path: Path) -> None:
-    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader)
+    state = load_checkpoint(path, t.model, t.optimizer, t.scheduler, t.loader, t.checkpointer.verified)
     if t.scaler and "scaler" in state:
         t.scaler.load_state_dict(state["scaler"])
     t.health.load_state_dict(state.get("health"))  # the same skip decisions as an uninterrupted run
-    compat.record_resume(t, path, read_run_config(path))  # benign changes: re-applied, printed, RUN/resumes.jsonl
+    diff = compat.changes(read_run_config(path), t.run_config)  # benign changes only: refused ones stopped setup
+    if compat.optimizer_changed(diff):
+        compat.apply_optimizer_changes(t.optimizer, t.scheduler, t.cfg)  # the checkpoint restored the old ones
+    if t.group.rank == 0:
+        compat.record_resume(t.run.resumes, path, diff)  # printed, and appended to RUN/resumes.jsonl
     t.step, t.tokens_seen, t.resumed_from = state["step"], state["tokens_seen"], state["step"]
 
 
@@ -182,8 +195,9 @@ def grad_accum_steps(cfg: RunConfig, world: int) -> int:
 
 
 def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, accum: int,
-                        dims: ParallelDims | None = None) -> dict[str, Any]:
-    """The config saved with every checkpoint, plus the values derived from it and from the data."""
+                        dims: ParallelDims | None = None, shards: str | None = None) -> dict[str, Any]:
+    """The config saved with every checkpoint, plus the values derived from it and from the data (`shards`: the
+    folder trained on, data.shards or where data.sft was tokenized)."""
     tc = cfg.train
     dp = dims.dp if dims else world
     return {
@@ -196,15 +210,16 @@ def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, ac
             "vocab_size": manifest["vocab_size"],
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
             "tokenizer_path": manifest.get("tokenizer_path"),
-            "shards": str(Path(cfg.data.shards).resolve()),
+            "shards": str(Path(shards or cfg.data.shards).resolve()),
             "shards_content_sha256": compat.shards_fingerprint(manifest),  # a moved copy of the same tokens resumes
         },
     }
 
 
-def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Path | None:
-    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue."""
-    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step)  # newest complete, or exactly resume_step
+def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any], verified: set[tuple]) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); refuse one this config cannot continue. `verified`:
+    the checkpointer's record of what this process checked, so loading it next does not hash it again."""
+    latest = resume_checkpoint(run_dir, cfg.checkpoint.resume_step, verified)  # newest complete, or exactly resume_step
     if latest is None:
         return None
     if cfg.checkpoint.resume == "never":
@@ -215,13 +230,13 @@ def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any]) -> Pa
     return latest
 
 
-def open_val_split(cfg: RunConfig, manifest: dict[str, Any]) -> TokenSplit | None:
+def open_val_split(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> TokenSplit | None:
     """The val split, or None (val loss skipped) when the shards hold no window of it."""
     if finetune.is_sft(manifest):
-        return finetune.open_val(cfg, manifest)  # SFT: rows and assistant-only labels as in training
+        return finetune.open_val(cfg, shards, manifest)  # SFT: rows and assistant-only labels as in training
     if not manifest["splits"].get("val", {}).get("files"):
         return None
-    split = open_split(cfg.data.shards, "val", manifest)
+    split = open_split(shards, "val", manifest)
     return split if num_windows(split, cfg.train.seq_len) else None
 
 
@@ -235,8 +250,9 @@ def seed_everything(seed: int) -> None:
 # --- the run folder ---------------------------------------------------------------------------------
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Create or reopen the run folder: config, tokenizer copy; drop what marks it finished."""
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any], shards: str) -> None:
+    """Create or reopen the run folder: the config as given, the values derived from it (resolved.json, when
+    setup derived any), the tokenizer copy; drop what marks it finished."""
     run = RunDir(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(run)
@@ -245,6 +261,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any]) -> 
         path.unlink(missing_ok=True)
     # JSON is valid YAML, and this keeps to the one atomic-write helper; `megalang train config.yaml` re-runs it.
     write_json_atomic(run.config, cfg.model_dump(mode="json"))
+    if cfg.data.sft:  # where data.sft was tokenized: beside the config, never written into it
+        write_json_atomic(run.resolved, {"data.shards": str(Path(shards).resolve())})
     copy_tokenizer(manifest, run.tokenizer)
 
 

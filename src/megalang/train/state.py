@@ -20,6 +20,8 @@ from megalang.parallel.distributed import (
 )
 from megalang.parallel.mesh import ParallelDims
 from megalang.store.run_dir import RunDir
+from megalang.train.checkpoint import Checkpointer
+from megalang.train.faults import FaultPlan
 from megalang.train.finetune import FineTune
 from megalang.train.health import HealthGuard
 
@@ -85,7 +87,7 @@ class Trainer:
     last_stage: bool = True  # holds the loss (always, without pipeline parallel)
     first_stage: bool = True
     state_bytes: int | None = None  # params + grads + optimizer state on this rank, measured at the last log
-    pending_save: Any = None  # an async checkpoint still being written (checkpoint.async_save)
+    checkpointer: Checkpointer = None  # saves; owns async-save buffers, writer and the save in flight
     monitor: RunMonitor = field(default_factory=disabled_monitor)  # backends, telemetry, thermal guard (#8)
     finetune: FineTune | None = None  # DP accountant, SFT counts (train/finetune.py)
     # The run's objective, chosen once at setup: objective(model, batch) -> loss (train/objectives.py), and its
@@ -93,6 +95,7 @@ class Trainer:
     objective: Callable[[Any, Any], torch.Tensor] | None = None
     validate: Callable[[Any], float | None] | None = None
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
+    faults: FaultPlan = field(default_factory=FaultPlan)  # crash tests only (train/faults.py)
 
     @property
     def run(self) -> RunDir:
@@ -110,10 +113,5 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-def finish_pending_save(t: Trainer) -> None:
-    """Wait for the async checkpoint in flight (if any) and mark it complete."""
-    if t.pending_save is not None:
-        t.pending_save.finish()
-        t.pending_save = None
 
 

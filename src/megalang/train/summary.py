@@ -17,12 +17,12 @@ from megalang.parallel.distributed import (
 from megalang.store.checkpoints import complete_checkpoints, recorded_files
 from megalang.store.files import write_json_atomic
 from megalang.store.manifest import describe_input, write_manifest
-from megalang.train.state import Trainer, finish_pending_save
+from megalang.train.state import Trainer
 
 
 def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """summary.json, then manifest.json (the last file: it hashes everything else)."""
-    finish_pending_save(t)
+    t.checkpointer.finish_pending()
     barrier()  # every rank's last checkpoint shards are on disk before rank 0 hashes the folder
     summary = build_summary(t, wall_seconds)
     if t.group.rank != 0:
@@ -31,7 +31,7 @@ def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     clear_report(t.run_dir)  # an earlier leg's report must not be hashed into the manifest, then rewritten
     write_manifest(
         t.run_dir, "train", t.cfg.model_dump(mode="json"),
-        inputs=[describe_input(t.cfg.data.shards), describe_input(t.run_config["derived"]["tokenizer_path"])],
+        inputs=[describe_input(t.run_config["derived"]["shards"]), describe_input(t.run_config["derived"]["tokenizer_path"])],
         counts={"steps": t.step, "tokens_seen": t.tokens_seen, "params": summary["total_params"],
                 "checkpoints": len(complete_checkpoints(t.run_dir))},
         known_files=recorded_files(t.run_dir),  # checkpoints were hashed when saved: not read back here

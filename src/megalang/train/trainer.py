@@ -7,14 +7,13 @@ same command resumes from the newest complete checkpoint and reproduces an unint
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import torch
 
 from megalang.config import RunConfig
-from megalang.evaluate.during_training import maybe_run_evals
+from megalang.evaluate.during_training import due_evals, run_evals
 from megalang.monitor.flops import mfu
 from megalang.monitor.progress import LineReporter, make_reporter
 from megalang.parallel.distributed import (
@@ -25,40 +24,32 @@ from megalang.parallel.distributed import (
     world_mean,
 )
 from megalang.parallel.timeouts import explain_collective_timeouts
-from megalang.train import faults
-from megalang.train.checkpoint import (
-    release_staging,
-    save_checkpoint,
-)
-from megalang.train.health import maybe_skip_step
-from megalang.train.setup import async_writer, setup
-from megalang.train.state import Trainer, finish_pending_save
+from megalang.train.faults import STOP_AT_ENV, FaultPlan
+from megalang.train.health import check_step, skip_update
+from megalang.train.setup import setup
+from megalang.train.state import Trainer
 from megalang.train.summary import finish
-
-FAULT_ENV = "MEGALANG_FAULT_AT_STEP"  # crash-test hook: SystemExit right after this step (and its checkpoint)
-
-
 
 # --- the entry point --------------------------------------------------------------------------------
 
 
 @explain_collective_timeouts  # a stalled rank: one line naming the rank and parallel.timeout_s, not a hang
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Train (or resume) the run in `cfg.run.dir`; return the summary also written to summary.json."""
+def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in `cfg.run.dir`; return the summary also written to summary.json. `faults`:
+    the crash tests' plan, read from the environment once here when not given (train/faults.py)."""
     started = time.perf_counter()
-    t = setup(cfg)
-    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+    t = setup(cfg, FaultPlan.from_env() if faults is None else faults)
     try:
         with make_reporter(cfg.train.max_steps, t.step, cfg.train.progress) as report:
             if t.resumed_from is not None:
                 report.message(f"resuming {t.run_dir} from step {t.resumed_from}")
             while t.step < cfg.train.max_steps:
                 train_step(t, report)
-                if fault_at and t.step == fault_at:
-                    raise SystemExit(f"{FAULT_ENV}={fault_at}: stopping after step {fault_at} (fault injection)")
+                if t.faults.stops_after(t.step):
+                    raise SystemExit(f"{STOP_AT_ENV}={t.step}: stopping after step {t.step} (fault injection)")
         summary = finish(t, time.perf_counter() - started)
     finally:
-        release_staging()  # host copies and the writer process end with the run, a failed one too
+        t.checkpointer.close()  # host copies and the writer process end with the run, a failed one too
         t.sink.close()
         t.group.close()
     return summary
@@ -66,7 +57,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 def train_step(t: Trainer, report: LineReporter) -> None:
     """One optimizer step and what follows it; host syncs happen only in `log`, `maybe_eval` and (unless
-    train.nonfinite=off and no spike guard) the health check before the update."""
+    health.nonfinite=off and no spike guard) the health check before the update."""
     step = t.step + 1
     logging = step == 1 or step % t.cfg.train.log_every == 0 or step == t.cfg.train.max_steps
     loss = forward_backward(t)
@@ -76,7 +67,7 @@ def train_step(t: Trainer, report: LineReporter) -> None:
     t.clock.steps += 1
     t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
     val_loss = maybe_eval(t)
-    task_evals = maybe_run_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
+    task_evals = maybe_run_task_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
     if logging or val_loss is not None or task_evals:
         log(t, report, loss, lr, grad_norm, val_loss, task_evals)
     maybe_save(t)
@@ -103,7 +94,7 @@ def forward_backward(t: Trainer) -> torch.Tensor:
         return forward_backward_pipelined(t)
     total = torch.zeros((), device=t.device)
     for micro in range(t.accum):
-        faults.maybe_step_fault(t.step + 1, micro, t.group.rank)  # crash tests only (train/faults.py)
+        t.faults.in_step(t.step + 1, micro, t.group.rank)  # crash tests only (train/faults.py)
         batch = next_batch(t)
         with t.autocast():
             loss = t.objective(t.model, batch)  # chosen at setup: next-token CE, SFT, distillation
@@ -116,7 +107,7 @@ def forward_backward(t: Trainer) -> torch.Tensor:
 def forward_backward_pipelined(t: Trainer) -> torch.Tensor:
     """The `accum` micro-batches go through the pipeline schedule as its microbatches (same samples, same
     order as one process accumulating them). Only the last stage sees losses; other stages return 0."""
-    faults.maybe_step_fault(t.step + 1, 0, t.group.rank)  # crash tests only: the schedule runs all micro-batches
+    t.faults.in_step(t.step + 1, 0, t.group.rank)  # crash tests only: the schedule runs all micro-batches
     batches = [next_batch(t) for _ in range(t.accum)]
     input_ids, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     losses: list[torch.Tensor] = []
@@ -135,18 +126,22 @@ def optimizer_step(t: Trainer, need_norm: bool, loss: torch.Tensor | None = None
         t.scaler.unscale_(t.optimizer)  # clip the true gradients, not the loss-scaled ones
     params = [p for p in t.model.parameters() if p.grad is not None]
     norm = None
-    if t.cfg.train.grad_clip > 0 or need_norm or t.health.active:
+    clip = t.cfg.optimizer.grad_clip
+    if clip > 0 or need_norm or t.health.active:
         # One norm over every shard and stage; clipping then scales the local gradients by the same factor.
         pp_group = t.mesh["pp"].get_group() if t.schedule is not None else None
         norm = total_grad_norm(params, pp_group)
-        if t.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, t.cfg.train.grad_clip, norm, foreach=True)
+        if clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
     if need_norm:
         t.state_bytes = state_bytes(t.model, t.optimizer)  # gradients still held: measured before zero_grad
-    if maybe_skip_step(t, loss, norm):  # agreed over all ranks; may raise NumericalError (train/health.py)
+    step = t.step + 1
+    if check_step(t.health, step, loss, norm, rank=t.group.rank, world=t.group.world, check_norm=t.scaler is None,
+                  contributors=t.dims.world // t.dims.pp if t.dims else 1, planted=t.faults.loss_kinds(step, t.group.rank),
+                  model=t.model):  # agreed over all ranks; may raise NumericalError (train/health.py)
+        skip_update(t.optimizer, t.scheduler, t.scaler)
         return norm
-    if t.pending_save is not None:
-        t.pending_save.wait_staged()  # an async checkpoint's host copy must be taken before weights change
+    t.checkpointer.wait_staged()  # an async checkpoint's host copy must be taken before weights change
     if t.scaler:
         t.scaler.step(t.optimizer)
         t.scaler.update()
@@ -166,6 +161,19 @@ def maybe_eval(t: Trainer) -> float | None:
     loss = t.validate(t)  # chosen at setup: pretraining windows or SFT rows
     t.clock.paused += time.perf_counter() - started
     return loss
+
+
+def maybe_run_task_evals(t: Trainer) -> dict[str, float]:
+    """The recipe's `evals:` sets due at this step, scored on this model; their time is not training time.
+    Skipped under pipeline parallelism: each stage holds only part of the model."""
+    due = due_evals(t.cfg.evals, t.step, t.cfg.train.max_steps)
+    if not due or t.schedule is not None:
+        return {}
+    started = time.perf_counter()
+    try:
+        return run_evals(due, t.model, t.run_dir, t.cfg.train.seq_len, t.autocast())
+    finally:
+        t.clock.paused += time.perf_counter() - started
 
 
 def log(
@@ -206,15 +214,11 @@ def maybe_save(t: Trainer) -> None:
     if not (last or (every and t.step % every == 0)):
         return
     started = time.perf_counter()
-    finish_pending_save(t)  # one save in flight at a time: its host copy is what the next one reuses
-    result = save_checkpoint(
-        t.run_dir, t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
-        tokens_seen=t.tokens_seen, run_config=t.run_config, keep=t.cfg.checkpoint.keep,
+    t.checkpointer.save(  # finishes a save still in flight first: one at a time
+        t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
+        tokens_seen=t.tokens_seen, run_config=t.run_config,
         extra={"health": t.health.state_dict(), **({"scaler": t.scaler.state_dict()} if t.scaler else {})},
-        async_save=t.cfg.checkpoint.async_save, async_writer=async_writer(t.cfg, t.device),
-        timeout_s=t.cfg.parallel.timeout_s,
     )
-    t.pending_save = result if t.cfg.checkpoint.async_save else None
     t.clock.paused += time.perf_counter() - started
     t.monitor.checkpoint_done(time.perf_counter() - started)
 

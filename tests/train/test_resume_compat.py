@@ -13,7 +13,7 @@ from megalang.cli import app
 from megalang.config import RunConfig
 from megalang.errors import UserError
 from megalang.store.run_dir import RunDir
-from megalang.train import compat
+from megalang.train import resume_compat as compat
 from megalang.train.optim import lr_factor
 from megalang.train.setup import resolved_run_config
 
@@ -37,7 +37,7 @@ def run_config(overrides: dict | None = None, manifest: dict = MANIFEST) -> dict
 def test_every_config_key_is_classified():
     """A new config field must be put on one of compat's lists (unclassified keys are refused on resume)."""
     keys = compat.run_config_keys(run_config())
-    assert "derived.shards_content_sha256" in keys and "train.nonfinite" in keys
+    assert "derived.shards_content_sha256" in keys and "health.nonfinite" in keys
     assert [k for k in keys if compat.classify(k) == "unknown"] == []
 
 
@@ -49,7 +49,7 @@ def test_every_config_key_is_classified():
         ({"model.preset": "tiny"}, "model.preset"),
         ({"model.pretrained": "/other/model"}, "model.pretrained"),
         ({"seed": 1}, "seed"),
-        ({"train.objective": "distill"}, "train.objective"),
+        ({"loss.objective": "distill"}, "loss.objective"),
         ({"lora.rank": 8}, "lora.rank"),
         ({"lora.targets": ["q_proj"]}, "lora.targets"),
         ({"privacy.target_epsilon": 8.0}, "privacy.target_epsilon"),
@@ -74,8 +74,8 @@ def test_other_tokens_or_tokenizer_are_refused_a_moved_copy_is_not():
 
 def test_keys_a_checkpoint_predates_are_logged_not_refused():
     saved = run_config()
-    del saved["config"]["train"]["objective"]  # as if written before train.objective existed
-    assert compat.check_resume_compatible("/ck", saved, run_config()) == {"train.objective": (None, "ce")}
+    del saved["config"]["loss"]["objective"]  # as if written before loss.objective existed
+    assert compat.check_resume_compatible("/ck", saved, run_config()) == {"loss.objective": (None, "ce")}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def four_steps(shards, tmp_path_factory):
 @pytest.mark.parametrize("override, name", [("train.seq_len=16", "train.seq_len"), ("seed=8", "seed")])
 def test_refused_change_exits_2_naming_the_key(four_steps, shards, override, name):
     args = ["train", "model.preset=debug", f"data.shards={shards}", f"run.dir={four_steps}", "train.max_steps=4",
-            "train.seq_len=32", "train.micro_batch_size=4", "train.lr=3e-3", "train.min_lr=3e-4",
-            "train.warmup_steps=2", "train.progress=false", "train.device=cpu", "checkpoint.every=2", "seed=7", override]
+            "train.seq_len=32", "train.micro_batch_size=4", "optimizer.lr=3e-3", "schedule.min_lr=3e-4",
+            "schedule.warmup_steps=2", "train.progress=false", "train.device=cpu", "checkpoint.every=2", "seed=7", override]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and f"{name} changed since checkpoint" in " ".join(result.output.split())
 
@@ -103,8 +103,24 @@ def test_benign_changes_resume_take_effect_and_are_logged(four_steps, shards, tm
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 6
     record = json.loads(RunDir(run).resumes.read_text().splitlines()[-1])
     assert record["step"] == 4 and record["changes"]["train.max_steps"] == [4, 6]
-    assert record["changes"]["train.lr"] == [3e-3, 1e-3] and record["changes"]["checkpoint.keep"] == [2, 3]
+    assert record["changes"]["optimizer.lr"] == [3e-3, 1e-3] and record["changes"]["checkpoint.keep"] == [2, 3]
     assert record["changes"]["data.shards"] == [str(shards), str(moved)]
-    assert "resume from step 4: train.lr 0.003 → 0.001" in capfd.readouterr().err
+    assert "resume from step 4: optimizer.lr 0.003 → 0.001" in capfd.readouterr().err
     metrics = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
-    assert metrics[6]["lr"] == pytest.approx(1e-3 * lr_factor(5, cfg.train), rel=1e-12)  # the new schedule
+    assert metrics[6]["lr"] == pytest.approx(1e-3 * lr_factor(5, cfg), rel=1e-12)  # the new schedule
+
+
+def test_a_checkpoint_saved_with_the_old_key_names_reads_under_the_new_ones():
+    """Configs saved before keys were grouped by concern (train.lr, train.objective, …) compare key by key with
+    today's: the same values are no change, another objective is still refused by its new name."""
+    from megalang.config import MOVED_KEYS
+
+    saved = run_config()
+    for old, new in MOVED_KEYS.items():
+        section, key = new.split(".")
+        saved["config"]["train"][old.split(".")[1]] = saved["config"][section].pop(key)
+    for section in ("optimizer", "schedule", "loss", "health"):
+        del saved["config"][section]
+    assert compat.check_resume_compatible("/ck", saved, run_config()) == {}
+    with pytest.raises(UserError, match="loss.objective changed"):
+        compat.check_resume_compatible("/ck", saved, run_config({"loss.objective": "distill"}))

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megalang.config import MOVED_KEYS
 from megalang.errors import UserError
+from megalang.torch_compat import set_last_lr
 from megalang.train.optim import lr_factor
 
 # Prefixes of dotted keys (`config.` is dropped; `derived.` keys are values the trainer computes). The longest
@@ -33,7 +35,7 @@ REFUSED = {
     "data.curriculum": "it changes the sample order",
     "data.packing": "it changes what a sample is (SFT)",
     "data.overlong": "it changes which samples exist (SFT)",
-    "train.objective": "the loss the run optimises",
+    "loss.objective": "the loss the run optimises",
     "lora.rank": "adapter shapes",
     "lora.targets": "which modules hold adapters",
     "lora.qlora": "the base weights' format",
@@ -43,10 +45,9 @@ REFUSED = {
 }
 BENIGN = (
     "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.progress",
-    "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.beta1", "train.beta2",
-    "train.eps", "train.grad_clip", "train.precision", "train.device", "train.compile", "train.fused_loss",
-    "train.activation_checkpointing", "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
-    "train.nonfinite", "train.max_skipped_steps", "train.spike_zscore", "train.spike_window",
+    "optimizer", "schedule", "loss.fused", "health",
+    "train.precision", "train.device", "train.compile", "train.activation_checkpointing",
+    "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
     "checkpoint", "parallel", "run", "metrics", "evals", "launcher", "workers", "ray",
     # data.shards/sft*: where the tokens come from; the tokens themselves are checked by derived.shards_content_sha256
     "data.verify", "data.shards", "data.sft", "data.sft_val", "data.sft_val_fraction", "lora.dropout", "distill.alpha", "distill.temperature",
@@ -54,8 +55,8 @@ BENIGN = (
 )
 # Benign changes the checkpoint would otherwise override: the optimizer's param groups and the scheduler's
 # base LR come back from the checkpoint, so these are re-applied after loading (see `apply_optimizer_changes`).
-OPTIMIZER_KEYS = ("train.lr", "train.min_lr", "train.warmup_steps", "train.max_steps", "train.weight_decay",
-                  "train.beta1", "train.beta2", "train.eps")
+OPTIMIZER_KEYS = ("optimizer.lr", "schedule.min_lr", "schedule.warmup_steps", "train.max_steps", "optimizer.weight_decay",
+                  "optimizer.beta1", "optimizer.beta2", "optimizer.eps")
 _ORDER = ("model", "train.seq_len", "derived.global_batch_tokens", "derived.tokenizer_sha256")  # named first
 
 
@@ -67,7 +68,7 @@ def shards_fingerprint(manifest: dict[str, Any]) -> str:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 1}} → {"train.lr": 1}; lists are values."""
+    """{"train": {"seq_len": 1}} → {"train.seq_len": 1}; lists are values."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
@@ -78,8 +79,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_config_keys(run_config: dict[str, Any]) -> dict[str, Any]:
-    """The comparable keys of a checkpoint's run_config.json: config keys without `config.`, derived ones with."""
-    return {**flatten(run_config.get("config", {})), **flatten(run_config.get("derived", {}), "derived.")}
+    """The comparable keys of a checkpoint's run_config.json: config keys without `config.`, derived ones with.
+    A checkpoint saved before keys moved (config/run.py MOVED_KEYS, e.g. train.lr) reads under today's names."""
+    config = {MOVED_KEYS.get(key, key): value for key, value in flatten(run_config.get("config", {})).items()}
+    return {**config, **flatten(run_config.get("derived", {}), "derived.")}
 
 
 def classify(key: str) -> str:
@@ -131,32 +134,32 @@ def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str
     return diff
 
 
-def record_resume(t, path: Path, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """After loading `path`: re-apply changed optimizer settings, then (rank 0) print one line per changed key
-    and append the resume to RUN/resumes.jsonl with old → new values."""
-    diff = changes(saved, t.run_config)
-    if any(k in diff for k in OPTIMIZER_KEYS):
-        apply_optimizer_changes(t.optimizer, t.scheduler, t.cfg.train)
-    if t.group.rank != 0:
-        return diff
+def optimizer_changed(diff: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether a resume changed settings that live in the optimizer's param groups and the scheduler."""
+    return any(k in diff for k in OPTIMIZER_KEYS)
+
+
+def record_resume(resumes: Path, path: Path, diff: dict[str, tuple[Any, Any]]) -> None:
+    """Print one line per changed key and append the resume to `resumes` (RUN/resumes.jsonl) with old → new
+    values (rank 0)."""
     step = int(path.name.split("-")[-1])
     for key, (old, new) in diff.items():
         print(f"resume from step {step}: {display_name(key)} {old} → {new}", file=sys.stderr, flush=True)
     record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "step": step,
               "checkpoint": str(path), "changes": {display_name(k): [old, new] for k, (old, new) in diff.items()}}
-    with open(t.run.resumes, "a", encoding="utf-8") as f:
+    with open(resumes, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-    return diff
 
 
-def apply_optimizer_changes(optimizer, scheduler, tc) -> None:
+def apply_optimizer_changes(optimizer, scheduler, cfg) -> None:
     """The checkpoint restored the old LR, betas, eps and weight decay into the param groups and the old base LR
     into the scheduler; put the new ones in, and the LR of the next step on the new schedule. Weight decay goes
     to the groups `build_optimizer` decays (all parameters matrices or embeddings)."""
-    scheduler.base_lrs = [tc.lr for _ in optimizer.param_groups]
+    opt = cfg.optimizer
+    scheduler.base_lrs = [opt.lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
-        group["betas"], group["eps"], group["initial_lr"] = (tc.beta1, tc.beta2), tc.eps, tc.lr
+        group["betas"], group["eps"], group["initial_lr"] = (opt.beta1, opt.beta2), opt.eps, opt.lr
         if all(p.ndim >= 2 for p in group["params"]):
-            group["weight_decay"] = tc.weight_decay
-        group["lr"] = tc.lr * lr_factor(scheduler.last_epoch, tc)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            group["weight_decay"] = opt.weight_decay
+        group["lr"] = opt.lr * lr_factor(scheduler.last_epoch, cfg)
+    set_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])

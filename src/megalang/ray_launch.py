@@ -180,7 +180,7 @@ def kill_request(run_dir: Path) -> dict[str, Any] | None:
 def maybe_arm_kill(request: dict[str, Any] | None, rank: int) -> Path | None:
     """On the chosen rank, and only if it has not died yet, ask the trainer to stop after the step (its
     own fault hook, FAULT_ENV); `run_worker` then ends the process. Returns the marker to write."""
-    from megalang.train.trainer import FAULT_ENV
+    from megalang.train.faults import STOP_AT_ENV as FAULT_ENV
 
     if request is None or request["rank"] != rank or Path(request["marker"]).exists():
         return None

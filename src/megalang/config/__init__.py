@@ -1,0 +1,91 @@
+"""Typed config for every stage: pydantic models, YAML recipes, `key.sub=value` overrides.
+
+Precedence: command-line override > recipe file > default. Validation reports every problem at once. The models
+live by stage (data.py, run.py, plan.py); this package exports them all, so `from megalang.config import X` works.
+"""
+
+from __future__ import annotations
+
+from megalang.config.base import Section, T
+from megalang.config.data import (
+    ClassifierTrainConfig,
+    CurriculumConfig,
+    NearDedupConfig,
+    PrepareConfig,
+    SftTokenizeConfig,
+    TokenizeConfig,
+    TokenizerTrainConfig,
+)
+from megalang.config.load import (
+    build_config,
+    config_help,
+    deep_merge,
+    format_validation_error,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    parse_scalar,
+)
+from megalang.config.plan import PlanConfig, ShapeConfig
+from megalang.config.run import (
+    MOVED_KEYS,
+    CheckpointConfig,
+    DataConfig,
+    DistillConfig,
+    EvalSetConfig,
+    HealthConfig,
+    LoraConfig,
+    LossConfig,
+    MetricsConfig,
+    ModelConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    PrivacyConfig,
+    RayConfig,
+    RunConfig,
+    RunSection,
+    ScheduleConfig,
+    TrainSection,
+    move_old_keys,
+)
+
+__all__ = [
+    "CheckpointConfig",
+    "ClassifierTrainConfig",
+    "CurriculumConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EvalSetConfig",
+    "HealthConfig",
+    "LoraConfig",
+    "LossConfig",
+    "MOVED_KEYS",
+    "MetricsConfig",
+    "ModelConfig",
+    "NearDedupConfig",
+    "OptimizerConfig",
+    "ParallelConfig",
+    "PlanConfig",
+    "PrepareConfig",
+    "PrivacyConfig",
+    "RayConfig",
+    "RunConfig",
+    "RunSection",
+    "ScheduleConfig",
+    "Section",
+    "SftTokenizeConfig",
+    "ShapeConfig",
+    "T",
+    "TokenizeConfig",
+    "TokenizerTrainConfig",
+    "TrainSection",
+    "build_config",
+    "config_help",
+    "deep_merge",
+    "format_validation_error",
+    "load_config",
+    "load_yaml",
+    "move_old_keys",
+    "parse_overrides",
+    "parse_scalar",
+]
