@@ -18,11 +18,11 @@ import ray
 from typer.testing import CliRunner
 
 from dist.conftest import STEPS, assert_losses_match, common_overrides, metrics
+from megalang import ray_launch
 from megalang.cli import app
 from megalang.cli.artifacts import verify
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
-from megalang.parallel import ray_launch
 from megalang.ray_launch import (
     KILL_ENV,
     kill_request,
