@@ -123,7 +123,8 @@ def native_bf16() -> bool:
 
 def print_summary(say, r: dict[str, Any]) -> None:
     say("")
-    say(f"tokens seen        {r['tokens_seen']:,} in {r['steps']} steps ({r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%})")
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"  # None: no known peak, or one measured too low
+    say(f"tokens seen        {r['tokens_seen']:,} in {r['steps']} steps ({r['tokens_per_s']:,.0f} tokens/s, MFU {mfu})")
     say(f"train loss         {r['train_loss_first']:.3f} → {r['train_loss_last']:.3f}")
     say(f"val perplexity     {r['val_perplexity_untrained']:,.1f} (untrained) → {r['val_perplexity']:,.2f}")
     say(f"export             {r['export_dir']}")
