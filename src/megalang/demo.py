@@ -43,6 +43,7 @@ def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: st
     from megalang.evaluate.perplexity import perplexity
     from megalang.export import export
     from megalang.generate import generate
+    from megalang.monitor.flops import native_bf16
     from megalang.train.trainer import train
 
     out = Path(out)
@@ -109,16 +110,6 @@ def untrained_perplexity(cfg: RunConfig, shards: Path, max_batches: int | None) 
     model = build_model(cfg.model, manifest["vocab_size"], cfg.train.seq_len, special_ids(manifest), cfg.seed)
     split = open_split(shards, "val", manifest)
     return evaluate_perplexity(model, split, cfg.train.seq_len, 8, max_batches)["perplexity"]
-
-
-def native_bf16() -> bool:
-    """Whether bf16 autocast will be fast here: a CUDA device, or a CPU with AVX512-BF16 / AMX."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
 
 def print_summary(say, r: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 """Model FLOPs per token, the peak rate of the device, and model FLOPs utilisation (MFU).
 
 On a GPU the peak is the datasheet's dense rate; on a CPU it is this machine's measured large-matmul rate.
+Also whether bf16 runs natively here (one helper for the demo and the trainer).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import time
 import warnings
 
@@ -115,3 +117,20 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> floa
         warnings.warn(MFU_OVER_PEAK, RuntimeWarning, stacklevel=2)
         return None
     return utilisation
+
+
+def native_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether bf16 matmuls run natively on `device` (None: CUDA if there is one, else the CPU): any CUDA device,
+    or a CPU with AVX512-BF16 or AMX. Elsewhere torch emulates bf16 and fp32 is faster."""
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind != "cpu":
+        return True
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def maybe_warn_emulated_bf16(device: str | torch.device, precision: str, enabled: bool = True) -> None:
+    """One line on stderr when a bf16 run is about to train on a CPU that emulates bf16."""
+    if enabled and precision == "bf16" and not native_bf16(device):
+        print("train.precision=bf16: this CPU has no native bf16 matmul (AVX512-BF16 or AMX), so bf16 is emulated; "
+              "train.precision=fp32 is faster here", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ from megalang.errors import UserError
 from megalang.evaluate.during_training import maybe_run_evals
 from megalang.model.build import build_model, special_ids
 from megalang.model.presets import get_preset
-from megalang.monitor.flops import flops_per_token, mfu, peak_flops
+from megalang.monitor.flops import flops_per_token, maybe_warn_emulated_bf16, mfu, peak_flops
 from megalang.monitor.live import RunMonitor, build_run_monitor, disabled_monitor, maybe_write_report
 from megalang.monitor.report import clear_report
 from megalang.monitor.metrics import METRICS_FILE, MetricsSink, read_metrics
@@ -409,6 +409,7 @@ def setup(cfg: RunConfig) -> Trainer:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
     device = pick_device(cfg)
     group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
+    maybe_warn_emulated_bf16(device, cfg.train.precision, enabled=group.rank == 0)  # fp32 is faster there
     try:
         return build_trainer(cfg, manifest, device, group)
     except BaseException:
