@@ -47,6 +47,7 @@ def demo(out: str | Path = "runs/demo", max_steps: int | None = None, preset: st
     from megalang.evaluate.perplexity import perplexity
     from megalang.export import export
     from megalang.generate import generate
+    from megalang.monitor.flops import native_bf16
     from megalang.train.trainer import train
 
     out = Path(out)
@@ -118,19 +119,10 @@ def untrained_perplexity(cfg: RunConfig, shards: Path, max_batches: int | None) 
     return evaluate_perplexity(model, split, cfg.train.seq_len, 8, max_batches)["perplexity"]
 
 
-def native_bf16() -> bool:
-    """Whether bf16 autocast will be fast here: a CUDA device, or a CPU with AVX512-BF16 / AMX."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-
-
 def print_summary(say, r: dict[str, Any]) -> None:
     say("")
-    say(f"tokens seen        {r['tokens_seen']:,} in {r['steps']} steps ({r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu']:.1%})")
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"  # None: no known peak, or one measured too low
+    say(f"tokens seen        {r['tokens_seen']:,} in {r['steps']} steps ({r['tokens_per_s']:,.0f} tokens/s, MFU {mfu})")
     say(f"train loss         {r['train_loss_first']:.3f} → {r['train_loss_last']:.3f}")
     say(f"val perplexity     {r['val_perplexity_untrained']:,.1f} (untrained) → {r['val_perplexity']:,.2f}")
     say(f"export             {r['export_dir']}")

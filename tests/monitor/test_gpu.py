@@ -58,10 +58,37 @@ def sampler(temps, reasons=None) -> NvmlSampler:
 
 
 def test_sampler_reads_every_field_in_plain_units():
-    s = sampler([71], [SW_POWER_CAP]).sample()
+    s = sampler([71], [HW_THERMAL]).sample()
     assert s == {"gpu_util": 97, "gpu_memory_bytes": 60 << 30, "gpu_temp_c": 71, "gpu_power_w": 412.5,
-                 "gpu_throttle_reasons": SW_POWER_CAP, "gpu_throttled": 1}
+                 "gpu_throttle_reasons": HW_THERMAL, "gpu_throttled": 1}
     assert sampler([71], [GPU_IDLE]).sample()["gpu_throttled"] == 0  # idle clocks are not a heat/power limit
+
+
+def test_power_cap_alone_is_a_healthy_busy_gpu_not_throttling():
+    # Every GPU at full load holds its power limit by lowering clocks (SwPowerCap); only the raw mask shows it.
+    s = sampler([71], [SW_POWER_CAP | GPU_IDLE]).sample()
+    assert s["gpu_throttle_reasons"] == SW_POWER_CAP | GPU_IDLE and s["gpu_throttled"] == 0
+    assert sampler([71], [SW_POWER_CAP | HW_THERMAL]).sample()["gpu_throttled"] == 1
+
+
+def run_guard(reasons: list[int]) -> tuple[list[float], list[str], RunMonitor]:
+    """Six logged steps at 70 °C with these throttle reasons, a 2-sample guard that pauses 1.5 s."""
+    slept, warnings = [], []
+    cfg = MetricsConfig(guard_temp_c=85, guard_samples=2, guard_pause_s=1.5, system=False)
+    monitor = RunMonitor(cfg, torch.device("cpu"), nvml=sampler([70] * 12, reasons), warn=warnings.append,
+                         sleep=slept.append)
+    for _ in range(6):
+        monitor.sample()
+        monitor.after_step()
+    return slept, warnings, monitor
+
+
+def test_guard_neither_warns_nor_pauses_on_power_cap_alone_but_does_on_thermal_slowdown():
+    slept, warnings, monitor = run_guard([SW_POWER_CAP] * 12)
+    assert slept == [] and warnings == [] and monitor.guard.trips == 0
+    slept, warnings, monitor = run_guard([HW_THERMAL] * 12)
+    assert slept and monitor.guard.trips == 1
+    assert len(warnings) == 1 and "clocks throttled (hw_thermal)" in warnings[0] and "pausing 1.5 s" in warnings[0]
 
 
 def test_guard_trips_after_n_consecutive_hot_samples_and_recovers():

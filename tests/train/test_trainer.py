@@ -171,6 +171,18 @@ def test_bf16_autocast_trains_on_cpu(shards, tmp_path):
     assert summary["val_loss"] is not None
 
 
+EMULATED = "bf16 is emulated; train.precision=fp32 is faster here"
+
+
+@pytest.mark.parametrize("native, precision, shown", [(False, "bf16", True), (True, "bf16", False), (False, "fp32", False)])
+def test_one_line_at_setup_when_bf16_is_emulated_on_this_cpu(shards, tmp_path, monkeypatch, capsys, native, precision, shown):
+    from megalang.monitor import flops
+
+    monkeypatch.setattr(flops, "native_bf16", lambda device=None: native)
+    short_run(shards, tmp_path, "run", precision=precision)
+    assert capsys.readouterr().err.count(EMULATED) == (1 if shown else 0)  # once per run, not per step
+
+
 @pytest.mark.parametrize(
     "sections, match",
     [

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# Clock event ("throttle") reasons that mean heat or power limits, not idling or application clocks.
-# Values are NVML's (nvml.h): SwPowerCap 0x4, HwSlowdown 0x8, SwThermalSlowdown 0x20,
-# HwThermalSlowdown 0x40, HwPowerBrakeSlowdown 0x80.
-THERMAL_POWER_REASONS = {"sw_power_cap": 0x4, "hw_slowdown": 0x8, "sw_thermal": 0x20, "hw_thermal": 0x40,
-                         "hw_power_brake": 0x80}
+# Clock event ("throttle") reasons that mean heat or power trouble, not idling or application clocks.
+# Values are NVML's (nvml.h): HwSlowdown 0x8, SwThermalSlowdown 0x20, HwThermalSlowdown 0x40,
+# HwPowerBrakeSlowdown 0x80. SwPowerCap (0x4) is left out: the driver holds every busy GPU at its power
+# limit by lowering clocks, so a healthy H100 at full load reports it nearly all the time.
+THERMAL_POWER_REASONS = {"hw_slowdown": 0x8, "sw_thermal": 0x20, "hw_thermal": 0x40, "hw_power_brake": 0x80}
 THERMAL_POWER_MASK = sum(THERMAL_POWER_REASONS.values())
 
 

@@ -28,7 +28,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "gpu_temp_c": ("megalang_gpu_temperature_celsius", "NVML: GPU core temperature"),
     "gpu_power_w": ("megalang_gpu_power_watts", "NVML: board power draw"),
     "gpu_throttle_reasons": ("megalang_gpu_throttle_reasons", "NVML: clock throttle/event reason bitmask"),
-    "gpu_throttled": ("megalang_gpu_thermal_power_throttled", "1 while clocks are cut for heat or power"),
+    "gpu_throttled": ("megalang_gpu_thermal_power_throttled", "1 while clocks are cut for heat or power trouble (not the power cap alone)"),
     "guard_tripped": ("megalang_thermal_guard_tripped", "1 while the thermal/power guard is tripped"),
     "guard_pauses": ("megalang_thermal_guard_pauses", "pauses the guard has taken between steps"),
 }

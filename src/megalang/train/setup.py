@@ -19,7 +19,7 @@ from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.model.build import build_model, special_ids
 from megalang.model.presets import get_preset
-from megalang.monitor.flops import flops_per_token, peak_flops
+from megalang.monitor.flops import flops_per_token, maybe_warn_emulated_bf16, peak_flops
 from megalang.monitor.live import build_run_monitor
 from megalang.monitor.metrics import MetricsSink
 from megalang.parallel.build import build_parallel_model
@@ -72,6 +72,7 @@ def setup(cfg: RunConfig, faults: FaultPlan = FaultPlan()) -> Trainer:
         get_preset(cfg.model.preset)  # an unknown name fails here, before the run folder exists
     device = pick_device(cfg)
     group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
+    maybe_warn_emulated_bf16(device, cfg.train.precision, enabled=group.rank == 0)  # fp32 is faster there
     try:
         return build_trainer(cfg, shards, manifest, device, group, faults)
     except BaseException:
