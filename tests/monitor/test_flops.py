@@ -88,3 +88,14 @@ def test_cpu_peak_is_the_2048_square_matmul_the_docs_name(monkeypatch):
 def test_gpu_peaks_come_from_the_datasheet_table(monkeypatch, name, precision, expected):
     monkeypatch.setattr(flops.torch.cuda, "get_device_name", lambda device=None: name)
     assert peak_flops(torch.device("cuda"), precision) == expected
+
+
+def test_a_run_peak_counts_every_rank(monkeypatch):
+    """tokens/s is over all ranks, so the peak MFU divides by is all ranks' (it read world-size times too high)."""
+    from megalang.monitor.flops import run_peak_flops
+
+    monkeypatch.setattr(flops, "peak_flops", lambda device, precision: 1e12)
+    assert run_peak_flops("cpu", "bf16", 1) == 1e12 and run_peak_flops("cpu", "bf16", 8) == 8e12
+    assert mfu(4e3, 2e9 * 8 / 8, run_peak_flops("cpu", "bf16", 8)) == pytest.approx(4e3 * 2e9 / 8e12)
+    monkeypatch.setattr(flops, "peak_flops", lambda device, precision: None)
+    assert run_peak_flops("cuda", "bf16", 8) is None

@@ -106,6 +106,14 @@ def peak_flops(device: str | torch.device, precision: str = "bf16") -> float | N
     return measure_cpu_peak_flops(dtype)
 
 
+def run_peak_flops(device: str | torch.device, precision: str, devices: int) -> float | None:
+    """The peak of a whole run: one device's peak times the devices (ranks) that share its work. A run's
+    tokens/s counts every rank's tokens, so its MFU must divide by every rank's peak, not one device's (which
+    read world-size times too high). On a CPU each rank measures its own peak with the threads it has."""
+    peak = peak_flops(device, precision)
+    return None if peak is None else peak * devices
+
+
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
     """Model FLOPs utilisation: achieved model FLOP/s over the peak, at most 1. None when the peak is unknown, and
     None with a warning (once per call site) when the achieved rate is above it: the peak is then wrong for

@@ -19,7 +19,7 @@ from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.model.build import build_model, special_ids
 from megalang.model.presets import get_preset
-from megalang.monitor.flops import flops_per_token, maybe_warn_emulated_bf16, peak_flops
+from megalang.monitor.flops import flops_per_token, maybe_warn_emulated_bf16, run_peak_flops
 from megalang.monitor.live import build_run_monitor
 from megalang.monitor.metrics import MetricsSink
 from megalang.parallel.build import build_parallel_model
@@ -131,7 +131,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         sink=MetricsSink(RunDir(run_dir).metrics, backends=monitor.backends, enabled=group.rank == 0),
         run_config=run_config, accum=accum, monitor=monitor,
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
-        peak=peak_flops(device, cfg.train.precision),
+        peak=run_peak_flops(device, cfg.train.precision, group.world),  # all ranks: tokens/s counts all of theirs
         group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.health), faults=faults,
         checkpointer=checkpointer,
     )
