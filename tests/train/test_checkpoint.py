@@ -294,6 +294,23 @@ def test_async_save_writes_the_same_checkpoint(tmp_path, writer):
         assert torch.equal(fresh.state_dict()[name], tensor), name
 
 
+def test_a_one_shot_save_leaves_another_checkpointers_writer_process_running(tmp_path):
+    """DCP keeps one writer process per Python process: only the Checkpointer that started it stops it."""
+    from megalang.parallel.distributed import maybe_init_process_group
+    from megalang.torch_compat import dcp_writer_process
+
+    model, opt, sched = trained(steps=1)
+    group = maybe_init_process_group("cpu", alone=True)
+    try:
+        with ckpt.Checkpointer(tmp_path / "a", async_save=True, async_writer="process") as checkpointer:
+            save(tmp_path / "a", 2, model, opt, sched, checkpointer=checkpointer).finish()
+            save(tmp_path / "b", 2, model, opt, sched)  # a sync save through its own short-lived Checkpointer
+            assert dcp_writer_process() is not None
+        assert dcp_writer_process() is None
+    finally:
+        group.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="nice values are a POSIX feature")
 def test_background_writer_runs_at_the_lowest_priority_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
     import threading

@@ -222,9 +222,11 @@ class Checkpointer:
         """Drop the host copies kept between saves and stop DCP's writer process. A save still in flight is not
         completed (a failed run): its step-N.tmp/ is never discovered."""
         self.pending = None
+        started_writer = True in self._stagers  # DCP's writer process is per Python process: stop it only if ours
         while self._stagers:
             self._stagers.popitem()[1].close()
-        stop_dcp_writer_process()
+        if started_writer:
+            stop_dcp_writer_process()
 
     def __enter__(self) -> Checkpointer:
         return self
