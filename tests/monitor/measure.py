@@ -10,12 +10,19 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from megalang.train import trainer
 
 
+def _query_heads(query, other):
+    """A key/value shape with the query's head count: grouped-query attention computes every query head against
+    its shared key/value head, so the FLOPs are those of full heads (torch 2.13's formula broadcasts the same
+    way; 2.11's asserts equal head counts)."""
+    return (other[0], query[1], *other[2:])
+
+
 def _cpu_flash(query, key, value, *args, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
+    return sdpa_flop_count(query, _query_heads(query, key), _query_heads(query, value))
 
 
 def _cpu_flash_backward(grad_out, query, key, value, *args, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
+    return sdpa_backward_flop_count(grad_out, query, _query_heads(query, key), _query_heads(query, value))
 
 
 # FlopCounterMode knows the CUDA attention kernels; the CPU flash kernel sdpa picks here gets the same formulas.

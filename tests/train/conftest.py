@@ -65,7 +65,7 @@ def debug_config(shards: Path, run_dir: Path, **sections) -> RunConfig:
         "seed": 7,
     }
     for section, values in sections.items():
-        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return RunConfig.model_validate(data)
 
 

@@ -179,9 +179,11 @@ def expected_steps(plan: list[tuple[int, int]], every: int = 2) -> list[int]:
     return steps + list(range(resumed + 1, MAX_STEPS + 1))
 
 
-def kill_and_resume(nproc: int, shards: Path, run_dir: Path, plan: list[tuple[int, int]]) -> None:
-    """Run the same command once per kill point (each killed there by SIGKILL), then once to the end."""
-    cmd = train_command(nproc, overrides(shards, run_dir))
+def kill_and_resume(nproc: int, shards: Path, run_dir: Path, plan: list[tuple[int, int]],
+                    extra: list[str] | tuple[str, ...] = ()) -> None:
+    """Run the same command once per kill point (each killed there by SIGKILL), then once to the end; `extra`
+    overrides come after the defaults (e.g. train.device=cuda)."""
+    cmd = train_command(nproc, overrides(shards, run_dir, *extra))
     for step, micro in plan:
         run_killed_at(cmd, step, micro)
     run_to_completion(cmd)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -9,9 +10,9 @@ import torch
 from megalang.cli.artifacts import verify
 from megalang.config import RunConfig, load_config
 from megalang.errors import UserError
+from megalang.model.load import load_trained_model
 from megalang.monitor.metrics import read_metrics
 from megalang.store.manifest import lineage
-from megalang.model.load import load_trained_model
 from megalang.train.trainer import train
 
 from .conftest import debug_config, make_shards, make_tokenizer, read_lines, train_capturing_weights
@@ -169,6 +170,29 @@ def test_bf16_autocast_trains_on_cpu(shards, tmp_path):
     summary, _ = short_run(shards, tmp_path, "bf16", precision="bf16")
     assert summary["precision"] == "bf16" and math.isfinite(summary["train_loss_last"])
     assert summary["val_loss"] is not None
+
+
+def test_deterministic_kernels_hold_for_the_run_and_give_the_default_runs_weights(shards, tmp_path, monkeypatch):
+    """train.deterministic turns torch's deterministic mode on (cuBLAS workspace set) during the run only; on a
+    CPU it changes no result, as the kernels megalang uses there are deterministic already."""
+    from megalang.train import trainer
+
+    seen = []
+    original = trainer.train_step
+
+    def spy(t, report):
+        seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return original(t, report)
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(trainer, "train_step", spy)
+    _, default_w = short_run(shards, tmp_path, "default")
+    assert set(seen) == {(False, None)}
+    seen.clear()
+    _, det_w = short_run(shards, tmp_path, "deterministic", deterministic=True)
+    assert set(seen) == {(True, ":4096:8")}
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert all(torch.equal(det_w[k], default_w[k]) for k in default_w)
 
 
 EMULATED = "bf16 is emulated; train.precision=fp32 is faster here"

@@ -51,6 +51,10 @@ class TrainSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     compile: bool = Field(False, description="torch.compile each block")
+    deterministic: bool = Field(
+        False, description="deterministic kernels only (torch.use_deterministic_algorithms; cuBLAS workspace "
+        "config, no cuDNN autotuning): a GPU rerun or resume gives bitwise the same weights, at some speed cost"
+    )
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
     activation_checkpointing_every: int = Field(
         1, ge=1, description="with activation_checkpointing: recompute every k-th block only (1 = all blocks)"

@@ -146,6 +146,10 @@ def check_shared_memory(nbytes: int, shm: Path = Path("/dev/shm")) -> None:
             "checkpoint.async_writer=thread")
 
 
+# Whether a DCP stager survives its first save (see Checkpointer._stager).
+STAGER_REUSABLE = torch.__version__ >= "2.13"
+
+
 class Checkpointer:
     """Saves a run's checkpoints, and owns what async saves keep between saves: one host stager per writer kind
     (a process reads shared memory, a thread plain host memory), the gloo group background saves use, DCP's
@@ -257,9 +261,13 @@ class Checkpointer:
 
         One stager per writer kind, kept across saves: it caches a host buffer per tensor storage (weakly keyed,
         so a freed model's buffers go with it), and later saves copy into those buffers instead of allocating and
-        faulting in the whole state again."""
+        faulting in the whole state again. Before torch 2.13 a stager serves one save only: DefaultStager closes
+        its copier after every copy, which empties the copier's type table, and the next copy fails (KeyError:
+        <class 'type'>, seen on 2.11); there each save gets a new one and no buffers are reused."""
         from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
+        if process in self._stagers and not STAGER_REUSABLE:
+            self._stagers.pop(process).close()
         if process not in self._stagers:
             cuda = torch.cuda.is_available()
             self._stagers[process] = DefaultStager(StagingOptions(

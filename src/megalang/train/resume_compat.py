@@ -46,7 +46,7 @@ REFUSED = {
 BENIGN = (
     "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.progress",
     "optimizer", "schedule", "loss.fused", "health",
-    "train.precision", "train.device", "train.compile", "train.activation_checkpointing",
+    "train.precision", "train.device", "train.compile", "train.deterministic", "train.activation_checkpointing",
     "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
     "checkpoint", "parallel", "run", "metrics", "evals", "launcher", "workers", "ray",
     # data.shards/sft*: where the tokens come from; the tokens themselves are checked by derived.shards_content_sha256

@@ -3,9 +3,11 @@ model, optimizer, loader and objective, prepare the run folder and resume from t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,31 @@ def pick_device(cfg: RunConfig) -> torch.device:
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise UserError("train.precision=fp16 needs a CUDA device (loss scaling); use bf16 or fp32 on CPU")
     return device
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """train.deterministic: deterministic kernels only, for the run, then torch's previous setting back (an
+    in-process caller runs on as before). cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates a handle, so it is
+    set before the run's first CUDA matmul; an op with no deterministic kernel raises instead of varying between
+    runs. On a CPU the kernels megalang uses are deterministic already."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    set_workspace = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    if set_workspace:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+        if set_workspace:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def grad_accum_steps(cfg: RunConfig, world: int) -> int:

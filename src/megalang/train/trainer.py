@@ -26,7 +26,7 @@ from megalang.parallel.distributed import (
 from megalang.parallel.timeouts import explain_collective_timeouts
 from megalang.train.faults import STOP_AT_ENV, FaultPlan
 from megalang.train.health import check_step, skip_update
-from megalang.train.setup import setup
+from megalang.train.setup import deterministic_kernels, setup
 from megalang.train.state import Trainer
 from megalang.train.summary import finish
 
@@ -38,20 +38,21 @@ def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
     """Train (or resume) the run in `cfg.run.dir`; return the summary also written to summary.json. `faults`:
     the crash tests' plan, read from the environment once here when not given (train/faults.py)."""
     started = time.perf_counter()
-    t = setup(cfg, FaultPlan.from_env() if faults is None else faults)
-    try:
-        with make_reporter(cfg.train.max_steps, t.step, cfg.train.progress) as report:
-            if t.resumed_from is not None:
-                report.message(f"resuming {t.run_dir} from step {t.resumed_from}")
-            while t.step < cfg.train.max_steps:
-                train_step(t, report)
-                if t.faults.stops_after(t.step):
-                    raise SystemExit(f"{STOP_AT_ENV}={t.step}: stopping after step {t.step} (fault injection)")
-        summary = finish(t, time.perf_counter() - started)
-    finally:
-        t.checkpointer.close()  # host copies and the writer process end with the run, a failed one too
-        t.sink.close()
-        t.group.close()
+    with deterministic_kernels(cfg.train.deterministic):
+        t = setup(cfg, FaultPlan.from_env() if faults is None else faults)
+        try:
+            with make_reporter(cfg.train.max_steps, t.step, cfg.train.progress) as report:
+                if t.resumed_from is not None:
+                    report.message(f"resuming {t.run_dir} from step {t.resumed_from}")
+                while t.step < cfg.train.max_steps:
+                    train_step(t, report)
+                    if t.faults.stops_after(t.step):
+                        raise SystemExit(f"{STOP_AT_ENV}={t.step}: stopping after step {t.step} (fault injection)")
+            summary = finish(t, time.perf_counter() - started)
+        finally:
+            t.checkpointer.close()  # host copies and the writer process end with the run, a failed one too
+            t.sink.close()
+            t.group.close()
     return summary
 
 
