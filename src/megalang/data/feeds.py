@@ -68,8 +68,10 @@ def read_feed(path: str | os.PathLike, kind: str, on_error: readers.OnError | No
               max_bytes: int = DEFAULT_MAX_BYTES, counts: Counter | None = None) -> Iterator[Record]:
     """Yield one Record per CVE (kind 'nvd', 'cve5') or ATT&CK object (kind 'stix') in one feed file.
 
-    The file (plain or .gz/.zst/.bz2) is loaded whole, at most `max_bytes` decompressed. A bad file always raises
-    UserError; with `on_error` set, a bad record is reported to it and skipped. `counts` gets COUNT_KEYS.
+    A feed is one JSON document, so the file (plain or .gz/.zst/.bz2) is loaded whole with `json`, at most
+    `max_bytes` decompressed: NVD's yearly 2.0 feeds are ~100-200 MB, and memory peaks at several times that. A bad
+    file always raises UserError; with `on_error` set, a bad record is reported to it and skipped. `counts` gets the
+    COUNT_KEYS.
     """
     if kind not in FEED_KINDS:
         raise ValueError(f"unknown feed kind {kind!r}; expected one of {FEED_KINDS}")
@@ -224,7 +226,7 @@ def _nvd_affected(configurations: list) -> dict[str, list[str]]:
             continue
         vendor, product, version = (p.replace("\\", "").replace("_", " ") for p in parts[3:6])
         bounds = [version if version not in _NO_VERSION else ""]
-        bounds += [f"{op} {_get(match, key)}" for key, op in _CPE_BOUNDS if _get(match, key)]
+        bounds += [f"{op} {value}" for key, op in _CPE_BOUNDS if (value := _get(match, key))]
         out.setdefault(f"{vendor} {product}", []).append(", ".join(b for b in bounds if b))
     return {product: _dedup(ranges) for product, ranges in out.items()}
 
