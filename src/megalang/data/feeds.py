@@ -25,8 +25,8 @@ DEFAULT_MAX_BYTES = 512 << 20
 COUNT_KEYS = {
     "records_nvd": "documents yielded from NVD feeds (likewise records_cve5, records_stix)",
     "skipped_rejected": "rejected CVEs: NVD vulnStatus Rejected or a '** REJECT **' description, CVE 5 state REJECTED",
-    "skipped_revoked": "STIX document objects with revoked: true",
-    "skipped_deprecated": "STIX document objects with x_mitre_deprecated: true (and not revoked)",
+    "skipped_revoked": "STIX objects other than relationships with revoked: true",
+    "skipped_deprecated": "STIX objects other than relationships with x_mitre_deprecated: true (and not revoked)",
     "skipped_bad_record": "bad records (or STIX objects) reported to on_error and skipped",
     "dropped_relationships": "STIX relationships revoked/deprecated or pointing to a skipped or missing object",
 }
