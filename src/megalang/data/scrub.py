@@ -23,6 +23,7 @@ class Rule:
     pattern: re.Pattern
     check: Callable[[re.Match], bool] | None = None
     group: int = 0  # replace only this group (e.g. the value of `password = "..."`)
+    every_group: bool = False  # replace each non-empty group that took part (a line naming several users)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -75,6 +76,18 @@ RULES: tuple[Rule, ...] = (
         r"(?i:\b(?:password|passwd|pwd|api[_-]?key|apikey|secret[_-]?key|client[_-]?secret|access[_-]?token|auth[_-]?token))"
         r"[\"']?\s*[:=]\s*(?:([\"'])([^\s\"']{6,})\1|((?=[^\s\"'()\[\],;]*\d)(?=[^\s\"'()\[\],;]*[A-Za-z])[^\s\"'()\[\],;.]{6,})(?![\w(.\[]))"),
         group=-1),
+    # User names in authentication log lines (sshd, pam_unix, sudo, su), root included; one alternative per shape.
+    # Before IPV4/IPV6: some shapes are recognised by the address that follows the name.
+    Rule("USER", re.compile(
+        r"\b(?:Failed|Accepted) [\w/-]+ for (?:invalid user )?(\S.{0,63}?) from "  # sshd
+        r"|\bInvalid user (\S.{0,63}?) from "
+        r"|\b(?:invalid|authenticating|from) user (\S+) (?=[0-9A-Fa-f.:]+ port \d)"  # closed by / Disconnected from
+        r"|\binvalid user (\S+) \[preauth\]"
+        r"|\bsession (?:opened|closed) for user ([^\s(]+)(?:\(uid=\d+\))?(?: by ([^\s(]+)\(uid=\d+\))?"  # pam_unix
+        r"|\bauthentication failure; logname=(\S*) uid=\d* euid=\d* tty=\S* ruser=(\S*) rhost=\S*(?:\s+user=(\S+))?"
+        r"|(?<![^\s:])([^\s:;]+) : (?:[^;\n]* ; )?TTY=\S+ ; PWD=(?:/home/([^/\s;]+))?[^;\n]* ; USER=([^\s;]+) ;"  # sudo
+        r"|\(to ([^\s)]+)\) (\S+) on \S"),  # su
+        every_group=True),
     Rule("EMAIL", re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b")),
     Rule("CARD", re.compile(r"(?<![\d-])(?:\d{4}[ -]){3}\d{1,7}(?![\d-])|(?<![\w.-])\d{13,19}(?!\w|\.\d)"), _card_ok),
     Rule("IPV6", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"), _ipv6_ok),
@@ -84,6 +97,9 @@ RULES: tuple[Rule, ...] = (
         r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-]|\.\d)"), _phone_ok),
 )
 KINDS = tuple(r.kind for r in RULES)
+# Chosen by name only: user names matter in logs, and the default output for web text and code stays as it was.
+OPT_IN_KINDS = ("USER",)
+DEFAULT_KINDS = tuple(k for k in KINDS if k not in OPT_IN_KINDS)
 
 
 def placeholder(kind: str) -> str:
@@ -91,10 +107,12 @@ def placeholder(kind: str) -> str:
 
 
 def scrub(text: str, kinds: tuple[str, ...] | None = None) -> tuple[str, Counter]:
-    """The text with every match replaced by its placeholder, and the count of replacements per kind."""
+    """The text with every match replaced by its placeholder, and the count of replacements per kind.
+    `kinds=None` means DEFAULT_KINDS (every kind but the opt-in ones)."""
     counts: Counter = Counter()
+    kinds = DEFAULT_KINDS if kinds is None else kinds
     for rule in RULES:
-        if kinds is not None and rule.kind not in kinds:
+        if rule.kind not in kinds:
             continue
         text = rule.pattern.sub(_replacer(rule, counts), text)
     return text, counts
@@ -104,6 +122,8 @@ def _replacer(rule: Rule, counts: Counter) -> Callable[[re.Match], str]:
     def replace(m: re.Match) -> str:
         if rule.check is not None and not rule.check(m):
             return m.group(0)
+        if rule.every_group:
+            return _replace_groups(m, rule.kind, counts)
         group = rule.group if rule.group >= 0 else next(i for i in range(m.re.groups, 0, -1) if m.group(i) is not None)
         counts[rule.kind] += 1
         if group == 0:
@@ -113,3 +133,14 @@ def _replacer(rule: Rule, counts: Counter) -> Callable[[re.Match], str]:
         return whole[:start] + placeholder(rule.kind) + whole[end:]
 
     return replace
+
+
+def _replace_groups(m: re.Match, kind: str, counts: Counter) -> str:
+    whole, out, at = m.group(0), [], 0
+    for i in range(1, m.re.groups + 1):
+        if m.group(i):
+            start, end = m.start(i) - m.start(0), m.end(i) - m.start(0)
+            out += [whole[at:start], placeholder(kind)]
+            at = end
+            counts[kind] += 1
+    return "".join(out) + whole[at:]
