@@ -70,7 +70,8 @@ REFUSED = {
                                 "--verbalizer", "choice set"),
     "classify set --format": (["eval", "robustness", "--model", "m", "--data", "{cls.jsonl}", "--format", "mmlu"],
                               "--format", "classify set"),
-    "no quality step --kind": (["data", "prepare", "-i", "corpus", "-o", "out", "--kind", "web"], "--kind", "quality step"),
+    "no quality step --kind": (["data", "prepare", "-i", "corpus", "-o", "out", "--kind", "web"], "--kind",
+                               "quality and scrub steps"),
 }
 
 

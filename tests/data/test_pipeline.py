@@ -12,6 +12,7 @@ from megalang.cli.artifacts import verify
 from megalang.config import PrepareConfig
 from megalang.data.documents import Doc, iter_prepared
 from megalang.data.pipeline import prepare
+from megalang.data.records import META_COLUMNS
 from megalang.data.steps import KNOWN_STEPS, LengthFilter, Normalize, StepRunner, StepStats, build_steps
 from megalang.errors import UserError
 from megalang.store.files import sha256_text
@@ -109,7 +110,7 @@ def test_output_rolls_over_to_a_new_parquet_file_every_docs_per_file(tmp_path):
     names = sorted(n for n in manifest["files"] if n.endswith(".parquet"))
     assert names == ["docs-00000.parquet", "docs-00001.parquet", "docs-00002.parquet"]
     assert [pq.ParquetFile(tmp_path / "out" / n).metadata.num_rows for n in names] == [3, 3, 1]
-    assert pq.read_schema(tmp_path / "out" / names[0]).names == ["id", "text", "source"]
+    assert pq.read_schema(tmp_path / "out" / names[0]).names == ["id", "text", "source", "kind", *META_COLUMNS]
     assert [r["text"] for r in iter_prepared(tmp_path / "out")] == [f"document number {i}" for i in range(7)]
 
 

@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from megalang.cli.app import (
-    classifier_app, counts_line, data_app, field_option, given, out, refuse_unused, tokenizer_app, user_errors,
+    classifier_app,
+    counts_line,
+    data_app,
+    field_option,
+    given,
+    out,
+    refuse_unused,
+    tokenizer_app,
+    user_errors,
 )
 from megalang.config import ClassifierTrainConfig, PrepareConfig, TokenizeConfig, TokenizerTrainConfig, build_config
 from megalang.errors import UserError
@@ -32,6 +40,7 @@ def data_prepare(
                                     "normalize,length,quality,scrub,exact_dedup,near_dedup")
     ] = None,
     kind: Annotated[Optional[str], field_option(PrepareConfig, "kind")] = None,
+    languages: Annotated[Optional[str], field_option(PrepareConfig, "languages", suffix=", comma-separated")] = None,
     decontaminate: Annotated[
         Optional[list[str]], field_option(PrepareConfig, "decontaminate", "--decontaminate", suffix="; repeatable")
     ] = None,
@@ -41,21 +50,23 @@ def data_prepare(
         Optional[list[str]], typer.Option("--set", help="Any other prepare key, key.sub=value (see docs/data.md); repeatable.")
     ] = None,
 ):
-    """Read text/JSONL/JSON/Parquet/Arrow files (local or fsspec URLs), run the steps (normalise, length, quality,
+    """Read text/JSONL/JSON/Parquet/Arrow files, vulnerability feeds (NVD, CVE 5), STIX bundles, logs and WARC/WET
+    web archives (recognised by content; local or fsspec URLs), run the steps (normalise, length, quality,
     scrub, decontaminate, exact and near dedup) in parallel → Parquet + manifest."""
     from megalang.config import deep_merge, parse_overrides
     from megalang.data.pipeline import prepare
 
     options = given(inputs=input, out=out_dir, text_field=text_field, min_chars=min_chars, normalize=normalize,
                     exclude=exclude, errors=errors, overwrite=overwrite, kind=kind, workers=workers, executor=executor,
-                    decontaminate=decontaminate)
+                    decontaminate=decontaminate,
+                    languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None)
     chosen = [s.strip() for s in steps.split(",") if s.strip()] if steps else list(PrepareConfig.model_fields["steps"].default_factory())
     if decontaminate and "decontaminate" not in chosen:  # asking for eval files means asking for the step
         chosen.insert(chosen.index("length") + 1 if "length" in chosen else 0, "decontaminate")
     options["steps"] = chosen
     cfg = build_config(PrepareConfig, deep_merge(options, parse_overrides(set_ or [])))
-    if "quality" not in cfg.steps:
-        refuse_unused(ctx, ["kind"], f"only the quality step reads it, and --steps {','.join(cfg.steps)} has none")
+    if "quality" not in cfg.steps and "scrub" not in cfg.steps:
+        refuse_unused(ctx, ["kind"], f"only the quality and scrub steps read it, and --steps {','.join(cfg.steps)} has neither")
     manifest = prepare(cfg)
     out.print(f"prepared {out_dir}: " + counts_line(manifest["counts"]))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from megalang.config.base import Section, T
 from megalang.config.data import (
+    SECURITY_SCRUB,
     ClassifierTrainConfig,
     CurriculumConfig,
     NearDedupConfig,
@@ -67,6 +68,7 @@ __all__ = [
     "ParallelConfig",
     "PlanConfig",
     "PrepareConfig",
+    "SECURITY_SCRUB",
     "PrivacyConfig",
     "RayConfig",
     "RunConfig",

@@ -11,6 +11,12 @@ from megalang.config.base import Section
 # --- data -------------------------------------------------------------------------------------------
 
 
+# What the `security` kind scrubs by default: personal data and secrets, not IP addresses (scrub.py has no rule for
+# domains, URLs, hashes or CVE/ATT&CK ids, which stay too) — plus user names in authentication logs.
+SECURITY_SCRUB = ("PRIVATE_KEY", "JWT", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN",
+                  "STRIPE_KEY", "SECRET", "USER", "EMAIL", "CARD", "PHONE")
+
+
 class PrepareConfig(Section):
     """`megalang data prepare`: raw files → clean, deduplicated documents (Parquet)."""
 
@@ -31,11 +37,12 @@ class PrepareConfig(Section):
     )
     overwrite: bool = Field(False, description="replace an existing output folder")
     # --- issue #5: quality, near-dedup, scrubbing, decontamination, execution (see docs/data.md) ---
-    kind: Literal["auto", "web", "books", "code", "chat"] = Field(
-        "auto", description="quality-filter source kind: auto, web, books, code, chat; auto: code suffix→code, .txt/.md→books, else web"
+    kind: Literal["auto", "web", "books", "code", "chat", "security"] = Field(
+        "auto", description="source kind for quality filters and scrubbing: auto, web, books, code, chat, security; "
+        "auto: feeds, STIX bundles and logs→security, web archives→web, code suffix→code, .txt/.md→books, else web"
     )
-    kinds: dict[str, Literal["web", "books", "code", "chat"]] = Field(
-        default_factory=dict, description="glob on a document's source path → kind; overrides `kind`"
+    kinds: dict[str, Literal["web", "books", "code", "chat", "security"]] = Field(
+        default_factory=dict, description="glob on a document's source path → kind; overrides `kind` and the readers'"
     )
     quality_filters: dict[str, list[str]] = Field(
         default_factory=dict, description="kind → filter names, replacing that kind's default chain"
@@ -44,7 +51,31 @@ class PrepareConfig(Section):
         default_factory=dict, description="filter name → thresholds to change (e.g. gopher_quality: {min_doc_words: 30})"
     )
     near_dedup: NearDedupConfig = Field(default_factory=lambda: NearDedupConfig())
-    scrub: list[str] | None = Field(None, description="PII/secret kinds to scrub (default: all; see docs/data.md)")
+    scrub: list[str] | None = Field(
+        None, description="PII/secret kinds to scrub (default: all but the opt-in USER; see docs/data.md)"
+    )
+    scrub_by_kind: dict[str, list[str]] = Field(
+        default_factory=lambda: {"security": list(SECURITY_SCRUB)},
+        description="source kind → PII/secret kinds to scrub there, replacing `scrub` for that kind (default: security "
+        "keeps IP addresses, the indicators of compromise, and scrubs user names in auth logs)",
+    )
+    scrub_by_source: dict[str, list[str]] = Field(
+        default_factory=dict, description="glob on a document's source path → PII/secret kinds; overrides the rest"
+    )
+    # --- issue #18: security feeds, logs and web archives (data/structured.py) ---
+    languages: list[str] = Field(
+        default_factory=list, description="web archives: keep pages in these languages only (ISO 639-1, e.g. en, es)"
+    )
+    log_window_s: float = Field(300, gt=0, description="logs: one document per host per time window of this length")
+    log_message_field: str | None = Field(None, description="JSON-lines logs: the message field (default: guessed)")
+    log_time_field: str | None = Field(None, description="JSON-lines logs: the time field (default: guessed)")
+    log_host_field: str | None = Field(None, description="JSON-lines logs: the host field (default: guessed)")
+    log_year: int | None = Field(
+        None, ge=1970, le=9999, description="RFC 3164 syslog (no year in its stamps): the year; default from the file's mtime"
+    )
+    max_feed_bytes: int = Field(
+        512 << 20, ge=1, description="vulnerability feeds and STIX bundles are parsed whole: refuse larger ones"
+    )
     decontaminate: list[str] = Field(default_factory=list, description="eval files/folders/globs to decontaminate against")
     decontaminate_ngram: int = Field(13, ge=4, description="word n-gram length that counts as overlap")
     decontaminate_mode: Literal["drop", "flag"] = Field("drop", description="drop contaminated docs, or keep and list them")

@@ -1,12 +1,15 @@
 """Prepared documents: the Parquet folder `data prepare` writes and every later stage reads.
 
-Columns `id` (64 bits of the SHA-256 of the text, hex), `text` and `source` (the file path or URL it came from),
-in `docs-NNNNN.parquet` files listed by the folder's manifest.
+Columns `id` (64 bits of the SHA-256 of the text, hex), `text`, `source` (the file path or URL it came from), `kind`
+(the source kind the quality filters and scrubbing used: web, books, code, chat, security) and the metadata
+columns of structured sources (data/records.py: CVE and ATT&CK ids, CVSS, log host and time, language, ...; null for
+plain text), in `docs-NNNNN.parquet` files listed by the folder's manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from megalang.data.records import append_meta, arrow_fields, empty_columns
 from megalang.errors import UserError, naming
 from megalang.store.manifest import read_manifest
 
@@ -28,6 +32,7 @@ class Doc:
     text: str
     source: str
     kind: str = ""
+    meta: dict[str, Any] | None = None  # structured sources' metadata (data/records.py META_COLUMNS)
     signature: np.ndarray | None = None  # MinHash, set by the near_dedup step
 
 
@@ -46,6 +51,15 @@ def doc_id(text: str) -> str:
 # --- output -----------------------------------------------------------------------------------------
 
 
+def doc_schema(with_id: bool):
+    """The columns of a prepared folder (and, without `id`, of prepare's intermediate part files)."""
+    import pyarrow as pa
+
+    fields = [("id", pa.string())] if with_id else []
+    fields += [("text", pa.large_string()), ("source", pa.string()), ("kind", pa.string())]
+    return pa.schema([pa.field(*f) for f in fields] + arrow_fields())
+
+
 class DocWriter:
     """Writes (id, text, source) rows to `docs-NNNNN.parquet`, one row group per buffered batch."""
 
@@ -55,7 +69,8 @@ class DocWriter:
         self.files: list[str] = []
         self.documents = 0
         self.bytes = 0
-        self._rows: dict[str, list[str]] = {"id": [], "text": [], "source": []}
+        self.kinds: Counter = Counter()  # documents written per source kind
+        self._rows: dict[str, list] = {"id": [], "text": [], "source": [], "kind": [], **empty_columns()}
         self._buffered_bytes = 0
         self._writer = None
         self._in_file = 0
@@ -64,6 +79,9 @@ class DocWriter:
         self._rows["id"].append(doc_id(doc.text))
         self._rows["text"].append(doc.text)
         self._rows["source"].append(doc.source)
+        self._rows["kind"].append(doc.kind or None)
+        self.kinds[doc.kind or "unknown"] += 1
+        append_meta(self._rows, doc.meta)
         self._buffered_bytes += nbytes
         self.documents += 1
         self.bytes += nbytes
@@ -77,7 +95,7 @@ class DocWriter:
         while self._rows["id"]:
             if self._writer is None:
                 self.files.append(DOC_FILE.format(len(self.files)))
-                schema = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("source", pa.string())])
+                schema = doc_schema(with_id=True)
                 self._writer = pq.ParquetWriter(self.root / self.files[-1], schema, compression="zstd")
             take = min(len(self._rows["id"]), self.docs_per_file - self._in_file)
             chunk = {k: v[:take] for k, v in self._rows.items()}

@@ -21,10 +21,13 @@ from typing import Any
 import numpy as np
 
 from megalang.config import PrepareConfig
-from megalang.data.documents import DIGEST_BYTES, STAGE, Doc, DocWriter, id_of_digest, text_digest
-from megalang.data.readers import InputFiles, find_input_files, input_size, is_url, open_raw, read_documents
+from megalang.data.documents import DIGEST_BYTES, STAGE, Doc, DocWriter, doc_schema, id_of_digest, text_digest
+from megalang.data.quality import kind_resolver
+from megalang.data.readers import InputFiles, find_input_files, input_size, is_url, open_raw
+from megalang.data.records import append_meta, empty_columns, meta_of
 from megalang.data.sources import source_matches
 from megalang.data.steps import CORPUS_STEPS, SAMPLE_CHARS, StepRunner, StepStats, build_steps
+from megalang.data.structured import nest_counts, read_docs
 from megalang.errors import UserError, naming
 from megalang.store.files import staging_dir
 from megalang.store.manifest import describe_input, write_manifest
@@ -120,6 +123,7 @@ class TaskResult:
     replaced: dict[str, int]
     flagged: list[dict[str, Any]]
     flagged_count: int
+    read: dict[str, int]  # the structured readers' counts (files per format, records, skipped by reason)
 
 
 def part_path(parts: Path, index: int, suffix: str = ".parquet") -> Path:
@@ -133,26 +137,31 @@ def map_task(task: Task, cfg: PrepareConfig, parts: str) -> TaskResult:
 
     steps = build_steps(cfg)
     runner = StepRunner(steps, cfg.rejected_samples)
+    kind_of = kind_resolver(cfg.kinds, cfg.kind)
     errors: list[str] = []
+    read_counts: Counter = Counter()
     digests, nbytes, has_sig, sigs = bytearray(), [], [], []
-    rows: dict[str, list[str]] = {"text": [], "source": []}
-    schema = pa.schema([("text", pa.large_string()), ("source", pa.string())])
+    rows = part_rows()
+    schema = doc_schema(with_id=False)
     part = part_path(parts, task.index)
     with naming(part), pq.ParquetWriter(part, schema, compression="zstd", compression_level=1) as out:
         for path in task.files:
-            for text, source in read_file(path if is_url(path) else Path(path), cfg, errors):
-                doc, size = runner(Doc(text, source))
+            for doc in read_file(path if is_url(path) else Path(path), cfg, errors, read_counts):
+                doc.kind = kind_of(doc.source, doc.kind)
+                doc, size = runner(doc)
                 if doc is None:
                     continue
                 rows["text"].append(doc.text)
                 rows["source"].append(doc.source)
+                rows["kind"].append(doc.kind)
+                append_meta(rows, doc.meta)
                 digests += text_digest(doc.text)
                 nbytes.append(size)
                 has_sig.append(doc.signature is not None)
                 sigs.append(doc.signature)
                 if len(rows["text"]) >= 1024:
                     out.write_table(pa.table(rows, schema=schema))
-                    rows = {"text": [], "source": []}
+                    rows = part_rows()
         if rows["text"]:
             out.write_table(pa.table(rows, schema=schema))
     if "near_dedup" in cfg.steps:
@@ -163,7 +172,12 @@ def map_task(task: Task, cfg: PrepareConfig, parts: str) -> TaskResult:
         task.index, runner.documents_in, runner.bytes_in, len(nbytes), bytes(digests), nbytes, has_sig,
         runner.stats, runner.rejected, errors, dict(scrub.replaced) if scrub else {},
         decon.flagged[: cfg.rejected_samples] if decon else [], decon.flagged_count if decon else 0,
+        dict(read_counts),
     )
+
+
+def part_rows() -> dict[str, list]:
+    return {"text": [], "source": [], "kind": [], **empty_columns()}
 
 
 def stack_signatures(sigs: list[np.ndarray | None], num_perm: int) -> np.ndarray:
@@ -216,6 +230,7 @@ class MergedResults:
         self.rejected: dict[str, list[dict[str, Any]]] = {}
         self.errors = [e for r in results for e in r.errors]
         self.replaced: Counter = Counter()
+        self.read: Counter = Counter()
         self.flagged = [f for r in results for f in r.flagged][: cfg.rejected_samples]
         self.flagged_count = sum(r.flagged_count for r in results)
         sampled: Counter = Counter()
@@ -226,6 +241,7 @@ class MergedResults:
                 for sample in samples:
                     self.add_sample(name, sample, sampled)
             self.replaced.update(r.replaced)
+            self.read.update(r.read)
         self._sampled = sampled
         self.mixture = Mixture(cfg.mixture)
 
@@ -240,6 +256,8 @@ class MergedResults:
         out: dict[str, Any] = {}
         if self.cfg.mixture:
             out["mixture"] = self.mixture.stats
+        if self.read:
+            out["structured"] = nest_counts(self.read)  # per format (feeds, logs, web archives): files, records, skips
         if "scrub" in self.cfg.steps:
             out["scrubbed"] = dict(sorted(self.replaced.items()))
         if "decontaminate" in self.cfg.steps:
@@ -317,7 +335,7 @@ def write_survivors(parts: Path, results: list[TaskResult], survivors: Survivors
                 if survivors.keep[g]:
                     nbytes = len(row["text"].encode("utf-8"))
                     for _ in range(merged.mixture.copies(row["source"], survivors.doc_id(g), nbytes)):
-                        writer.add(Doc(row["text"], row["source"]), nbytes)
+                        writer.add(Doc(row["text"], row["source"], row["kind"] or "", meta_of(row)), nbytes)
                 else:
                     step, first = survivors.reason[g]
                     reason = "exact_duplicate" if step == "exact_dedup" else "near_duplicate"
@@ -344,6 +362,7 @@ def prepare_counts(found: InputFiles, merged: MergedResults, writer: DocWriter) 
         "errors_skipped": len(merged.errors),
         "documents_in": merged.documents_in,
         "documents_out": writer.documents,
+        "documents_by_kind": dict(sorted(writer.kinds.items())),
         "bytes_in": merged.bytes_in,
         "bytes_out": writer.bytes,
         **{f"removed_{name}": st.documents_removed for name, st in merged.stats.items()},
@@ -351,12 +370,13 @@ def prepare_counts(found: InputFiles, merged: MergedResults, writer: DocWriter) 
     }
 
 
-def read_file(path: Path | str, cfg: PrepareConfig, errors: list[str]) -> Iterator[tuple[str, str]]:
-    """Documents of one file; with errors="skip" a bad file (or JSONL line) is recorded in `errors` and skipped."""
+def read_file(path: Path | str, cfg: PrepareConfig, errors: list[str], counts: Counter) -> Iterator[Doc]:
+    """Documents of one file, read by content (data/structured.py); with errors="skip" a bad file (or record) is
+    recorded in `errors` and skipped. `counts`: what the structured readers read and skipped, by reason."""
     if cfg.errors == "strict":
-        yield from read_documents(path, cfg.text_field, cfg.max_doc_bytes)
+        yield from read_docs(path, cfg, None, counts)
         return
     try:
-        yield from read_documents(path, cfg.text_field, cfg.max_doc_bytes, on_error=lambda e: errors.append(str(e)))
+        yield from read_docs(path, cfg, lambda e: errors.append(str(e)), counts)
     except UserError as e:
         errors.append(str(e))

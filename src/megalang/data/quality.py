@@ -11,6 +11,7 @@ repetition counts run on integer n-gram keys in numpy instead of joined strings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import zlib
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from megalang.data.sources import source_matches
 from megalang.data.words import count_sentences, is_symbol, split_words
 from megalang.errors import UserError
 
-KINDS = ("web", "books", "code", "chat")
+KINDS = ("web", "books", "code", "chat", "security")
 
 _KEY_MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -358,8 +359,16 @@ DEFAULT_KIND_FILTERS: dict[str, list[str]] = {
     "books": ["gopher_quality", "entropy"],
     "code": ["entropy"],
     "chat": ["entropy"],
+    # Advisories, ATT&CK entries and log windows: no prose rules (stop words, punctuation, bullet and word-length
+    # ratios would drop log lines and advisories); exact repeated lines/paragraphs and degenerate text still go.
+    "security": ["gopher_repetition", "entropy"],
 }
 DEFAULT_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    # A log window repeats its n-grams by nature (the same daemon, message shape and host on every line); only
+    # exact repeats of whole lines or paragraphs count. Logs compress far better than prose (a brute-force window
+    # to ~0.06 of its size), so only text that squeezes below 0.02 is degenerate there.
+    "security": {"gopher_repetition": {"top_n_grams": (), "dup_n_grams": ()},
+                 "entropy": {"min_compression_ratio": 0.02}},
     "books": {"gopher_quality": {"max_doc_words": None, "max_bullet_lines_ratio": None,
                                  "max_ellipsis_lines_ratio": None, "min_alpha_words_ratio": None}},
 }
@@ -393,6 +402,20 @@ def infer_kind(source: str, overrides: dict[str, str] | None = None, default: st
     if ext in _BOOK_SUFFIXES:
         return "books"
     return "web"
+
+
+def kind_resolver(overrides: dict[str, str], default: str = "auto") -> Callable[[str, str], str]:
+    """`kind(source, reader_kind)`: a `kinds` glob wins, then a `kind` other than auto, then the kind the reader
+    gave (security for feeds, STIX and logs; web for web archives), then `infer_kind`'s guess from the name."""
+    infer = functools.lru_cache(maxsize=65536)(functools.partial(infer_kind, overrides=overrides, default=default))
+    overridden = functools.lru_cache(maxsize=65536)(lambda source: any(source_matches(source, p) for p in overrides))
+
+    def kind(source: str, reader_kind: str = "") -> str:
+        if reader_kind and default == "auto" and not overridden(source):
+            return reader_kind
+        return infer(source)
+
+    return kind
 
 
 # --- the step ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +50,20 @@ class InputFiles:
     skipped: list[Path] = field(default_factory=list)  # unknown file types met while walking folders / globs
 
 
+# Names of logs and web archives, which `data prepare` reads by their content (data/structured.py): `.log`,
+# rotated `.log.1`, syslog's own files (messages, secure, auth.log, ...) and WARC/WET, each optionally compressed.
+STRUCTURED_NAME = re.compile(
+    r"(?:\.log(?:\.\d+)?|\.warc|\.wet|(?:^|/)(?:syslog|messages|secure|auth\.log|kern\.log|daemon\.log|"
+    r"user\.log|maillog|cron)(?:\.\d+)?)(?:\.gz|\.zst|\.bz2)?$"
+)
+
+
 def file_format(path: Path | str) -> str | None:
-    """'text', 'jsonl', 'json', 'parquet', 'arrow', or None for a file type megalang does not read."""
+    """'text', 'jsonl', 'json', 'parquet', 'arrow', 'structured' (a log or web archive: read as plain text here,
+    by content in `data prepare`), or None for a file type megalang does not read."""
     name = _name(path).lower()
+    if STRUCTURED_NAME.search(name):
+        return "structured"
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if name in _HF_METADATA:
@@ -185,7 +197,7 @@ def read_documents(
     """
     path = path if isinstance(path, str) and is_url(path) else Path(path)
     kind = file_format(path)
-    if kind == "text":
+    if kind in ("text", "structured"):
         yield read_text_file(path, max_doc_bytes), source_of(path)
     elif kind == "jsonl":
         yield from read_jsonl(path, text_field, max_doc_bytes, on_error)

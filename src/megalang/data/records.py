@@ -44,3 +44,27 @@ class Record:
         unknown = set(self.meta) - set(META_COLUMNS)
         if unknown:
             raise ValueError(f"unknown metadata key(s) {sorted(unknown)}; add them to META_COLUMNS")
+
+
+def arrow_fields() -> list:
+    """The metadata columns as pyarrow fields, in META_COLUMNS order (every one nullable)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "float64": pa.float64(), "list<string>": pa.list_(pa.string())}
+    return [pa.field(name, types[kind]) for name, kind in META_COLUMNS.items()]
+
+
+def empty_columns() -> dict[str, list]:
+    return {name: [] for name in META_COLUMNS}
+
+
+def append_meta(columns: dict[str, list], meta: dict[str, Any] | None) -> None:
+    """One row of metadata (None: a document from a plain source, all null) onto the metadata lists in `columns`."""
+    meta = meta or {}
+    for name in META_COLUMNS:
+        columns[name].append(meta.get(name))
+
+
+def meta_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The non-null metadata of a row read back from Parquet."""
+    return {name: row[name] for name in META_COLUMNS if row.get(name) is not None}

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from megalang.config import PrepareConfig
 from megalang.data.documents import Doc, doc_id
+from megalang.data.sources import source_matches
 from megalang.errors import UserError
 
 SAMPLE_CHARS = 4000  # text kept per rejected sample
@@ -55,15 +56,11 @@ class Quality:
     name = "quality"
 
     def __init__(self, cfg: PrepareConfig):
-        from megalang.data.quality import KindFilters, infer_kind
+        from megalang.data.quality import KindFilters
 
         self.filters = KindFilters.from_config(cfg.quality_filters, cfg.quality_params)
-        self.kind_of = functools.lru_cache(maxsize=65536)(
-            functools.partial(infer_kind, overrides=cfg.kinds, default=cfg.kind)
-        )
 
     def __call__(self, doc: Doc) -> Doc | str:
-        doc.kind = doc.kind or self.kind_of(doc.source)
         text, reason = self.filters.apply(doc.text, doc.kind)
         if text is None:
             return reason
@@ -72,22 +69,37 @@ class Quality:
 
 
 class Scrub:
-    """Replaces PII and secrets with typed placeholders; the replacements are counted per kind."""
+    """Replaces PII and secrets with typed placeholders; the replacements are counted per placeholder. Which kinds
+    of PII apply is chosen per document: a `scrub_by_source` glob, else its source kind's `scrub_by_kind` entry
+    (security keeps IP addresses), else `scrub` (default: all but the opt-in USER)."""
 
     name = "scrub"
 
     def __init__(self, cfg: PrepareConfig):
         from megalang.data import scrub
 
-        unknown = sorted(set(cfg.scrub or ()) - set(scrub.KINDS))
-        if unknown:
-            raise UserError(f"scrub: unknown kind(s) {', '.join(unknown)}; known: {', '.join(scrub.KINDS)}")
-        self.kinds = tuple(cfg.scrub) if cfg.scrub is not None else None
+        for field_name, lists in (("scrub", {"": cfg.scrub or ()}), ("scrub_by_kind", cfg.scrub_by_kind),
+                                  ("scrub_by_source", cfg.scrub_by_source)):
+            for key, names in lists.items():
+                unknown = sorted(set(names) - set(scrub.KINDS))
+                if unknown:
+                    where = f"{field_name}.{key}" if key else field_name
+                    raise UserError(f"{where}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(scrub.KINDS)}")
+        self.default = tuple(cfg.scrub) if cfg.scrub is not None else None
+        self.by_kind = {kind: tuple(names) for kind, names in cfg.scrub_by_kind.items()}
+        self.by_source = {pattern: tuple(names) for pattern, names in cfg.scrub_by_source.items()}
+        self.for_source = functools.lru_cache(maxsize=65536)(self._for_source)
         self.replaced: Counter = Counter()
         self._scrub = scrub.scrub
 
+    def _for_source(self, source: str) -> tuple[str, ...] | None:
+        return next((names for pattern, names in self.by_source.items() if source_matches(source, pattern)), None)
+
     def __call__(self, doc: Doc) -> Doc:
-        text, counts = self._scrub(doc.text, self.kinds)
+        kinds = self.for_source(doc.source) if self.by_source else None
+        if kinds is None:
+            kinds = self.by_kind.get(doc.kind, self.default)
+        text, counts = self._scrub(doc.text, kinds)
         if counts:
             doc.text = text
             self.replaced.update(counts)

@@ -9,7 +9,6 @@ import re
 from megalang.data import _spacy_en as _spacy
 from megalang.data._charsets import PUNCTUATION_SET, SENTENCE_END
 
-
 # spaCy's English tokenizer (what datatrove's `split_into_words("en")` runs) re-run in plain `re`: the same
 # special cases, prefix/suffix/infix and URL rules (data/_spacy_en.py), the same affix-stripping loop.
 _PREFIX = re.compile(_spacy.PREFIX)

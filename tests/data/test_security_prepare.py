@@ -1,0 +1,160 @@
+"""`data prepare` on a security team's folder (issue #18): feeds, a STIX bundle, logs and a web archive recognised by
+content, one document per record with its metadata columns, the `security` kind and its scrubbing (indicators kept,
+personal data removed), languages identified and filtered, and every count in the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from megalang.config import SECURITY_SCRUB, PrepareConfig
+from megalang.data import scrub
+from megalang.data.documents import iter_prepared
+from megalang.data.pipeline import prepare
+from megalang.data.records import META_COLUMNS
+from megalang.errors import UserError
+
+from .test_feeds import attack_bundle, cve5_webp, nvd_feed
+from .test_logs import AUTH_LOG, ECS, jsonl
+from .test_web import crawl_records, per_record_gzip
+
+pytest.importorskip("fastwarc", reason="pip install 'megalang[security]'")
+
+STEPS = ["normalize", "length", "quality", "scrub", "exact_dedup"]
+# The test pages repeat one paragraph and the notes are short: web and books keep only the entropy filter here
+# (their full chains are tested in test_quality.py); the security kind runs its default chain.
+QUALITY = {"web": ["entropy"], "books": ["entropy"]}
+PLANTED_EMAIL = "soc-analyst@example.com"
+
+
+def feeds_and_logs(root):
+    """A team's drop folder; names carry no hint of the formats (the feed is `.json.gz`, the log a `.txt`)."""
+    root.mkdir()
+    feed = nvd_feed()
+    feed["vulnerabilities"][0]["cve"]["descriptions"][1]["value"] += f" Reported by {PLANTED_EMAIL}."  # the English one
+    (root / "feed-2021.json.gz").write_bytes(gzip.compress(json.dumps(feed).encode()))
+    (root / "cve-2023-4863.json").write_text(json.dumps(cve5_webp()))
+    (root / "enterprise-attack.json").write_text(json.dumps(attack_bundle()))
+    (root / "capture.txt").write_text(AUTH_LOG)
+    (root / "app.jsonl").write_text(jsonl(ECS))
+    (root / "crawl.warc.gz").write_bytes(per_record_gzip(crawl_records()))
+    (root / "notes.md").write_text("# Incident notes\n\nThe on-call engineer rotated the keys after the review. " * 3)
+    return root
+
+
+def run(tmp_path, inputs, **extra) -> tuple[dict, list[dict]]:
+    cfg = PrepareConfig(inputs=[str(p) for p in inputs], out=str(tmp_path / "out"), steps=STEPS, progress=False,
+                        workers=1, log_year=2025, **{"quality_filters": QUALITY, **extra})
+    manifest = prepare(cfg)
+    rows = list(iter_prepared(tmp_path / "out", columns=("id", "text", "source", "kind", *META_COLUMNS)))
+    return manifest, rows
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("security")
+    return run(tmp, [feeds_and_logs(tmp / "in")])
+
+
+def by_format(rows, fmt):
+    return [r for r in rows if r["format"] == fmt]
+
+
+def test_each_record_is_one_document_with_its_kind_and_metadata(prepared):
+    manifest, rows = prepared
+    nvd = by_format(rows, "nvd")
+    assert [r["cve_id"] for r in nvd] == ["CVE-2021-44228", "CVE-2014-0160"]  # the rejected CVE is skipped
+    log4j = nvd[0]
+    assert log4j["cwe_ids"] == ["CWE-502", "CWE-400", "CWE-20"] and log4j["cvss_score"] == 10.0
+    assert log4j["cvss_vector"].startswith("CVSS:3.1/AV:N") and log4j["kind"] == "security"
+    assert json.loads(log4j["fields"])["severity"] == "CRITICAL"
+    assert [r["cve_id"] for r in by_format(rows, "cve5")] == ["CVE-2023-4863"]
+    stix = {r["attack_id"]: r for r in by_format(rows, "stix")}
+    assert {"T1059", "T1059.001", "M1038", "G0016"} <= set(stix)
+    assert stix["T1059"]["tactics"] == ["execution"] and "Windows" in stix["T1059"]["platforms"]
+    assert "M1038" in stix["T1059"]["text"]  # the mitigates relationship, resolved into the technique's text
+    logs = by_format(rows, "syslog")
+    assert logs and all(r["kind"] == "security" and r["host"] for r in logs)
+    assert {r["host"] for r in by_format(rows, "jsonlog")} == {"web01.example.com", "app01.example.com"}
+    web = by_format(rows, "warc")
+    assert {r["lang"] for r in web} == {"en", "es", "de"} and all(r["kind"] == "web" for r in web)
+    notes = [r for r in rows if r["source"].endswith("notes.md")]
+    assert notes[0]["kind"] == "books" and notes[0]["format"] is None  # plain sources: metadata null
+    counts = manifest["counts"]
+    assert counts["documents_by_kind"] == {"books": 1, "security": len(rows) - len(web) - 1, "web": len(web)}
+
+
+def test_security_scrubbing_keeps_indicators_and_removes_personal_data(prepared):
+    manifest, rows = prepared
+    text = "\n".join(r["text"] for r in by_format(rows, "syslog"))
+    assert "203.0.113.7" in text and "198.51.100.23" in text  # IP addresses are the indicators: kept
+    assert "invalid user <USER> from 203.0.113.7" in text and "Accepted publickey for <USER> from" in text
+    assert "deploy" not in text  # the user name, also in sudo's line and its PWD
+    log4j = by_format(rows, "nvd")[0]["text"]
+    assert "CVE-2021-44228" in log4j and "CWE-502" in log4j and "https://" in log4j
+    assert PLANTED_EMAIL not in log4j and "<EMAIL>" in log4j
+    scrubbed = manifest["scrubbed"]
+    assert scrubbed["USER"] >= 4 and scrubbed["EMAIL"] >= 1 and "IPV4" not in scrubbed
+
+
+def test_the_manifest_counts_what_the_readers_read_and_skipped(prepared):
+    manifest, _ = prepared
+    read = manifest["structured"]
+    assert sorted(read) == ["cve5", "jsonlog", "nvd", "stix", "syslog", "warc"]
+    assert all(read[fmt]["files"] == 1 for fmt in read)
+    assert read["nvd"]["records_nvd"] == 2 and read["nvd"]["skipped_rejected"] == 2  # vulnStatus and "** REJECT **"
+    assert read["cve5"]["records_cve5"] == 1
+    assert read["stix"]["skipped_revoked"] == 1 and read["stix"]["skipped_deprecated"] == 1
+    assert read["warc"]["skipped_not_html"] == 1 and read["warc"]["skipped_status"] == 1
+    assert read["syslog"]["lines"] == len(AUTH_LOG.splitlines())
+
+
+def test_languages_filter_web_pages_and_count_the_rest(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "crawl.warc.gz").write_bytes(per_record_gzip(crawl_records()))
+    manifest, rows = run(tmp_path, [tmp_path / "in"], languages=["en", "es"])
+    assert sorted(r["lang"] for r in rows) == ["en", "es"]
+    assert manifest["structured"]["warc"]["skipped_language"] == 1
+
+
+def test_the_scrub_choice_is_per_kind_and_overridable_per_input(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "auth.log").write_text(AUTH_LOG)
+    (tmp_path / "in" / "other.log").write_text(AUTH_LOG.replace("web01", "web02"))
+    _, rows = run(tmp_path, [tmp_path / "in"], scrub_by_source={"other.log": ["IPV4"]})
+    text = {r["source"].rsplit("/", 1)[-1]: "\n".join(x["text"] for x in rows if x["source"] == r["source"]) for r in rows}
+    assert "203.0.113.7" in text["auth.log"] and "<USER>" in text["auth.log"]
+    assert "203.0.113.7" not in text["other.log"] and "<IPV4>" in text["other.log"] and "admin" in text["other.log"]
+
+
+def test_security_scrub_default_is_every_rule_but_ip_addresses():
+    assert set(SECURITY_SCRUB) == set(scrub.KINDS) - {"IPV4", "IPV6"}
+
+
+def test_a_bad_feed_names_the_file_or_is_skipped_and_listed(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.json").write_text(json.dumps(nvd_feed())[:5000])  # a download cut short
+    (tmp_path / "in" / "auth.log").write_text(AUTH_LOG)
+    with pytest.raises(UserError, match=r"cut\.json"):
+        run(tmp_path, [tmp_path / "in"])
+    manifest, rows = run(tmp_path, [tmp_path / "in"], errors="skip", overwrite=True)
+    assert rows and all(r["format"] == "syslog" for r in rows)
+    assert manifest["counts"]["errors_skipped"] == 1 and "cut.json" in manifest["errors"][0]
+
+
+def test_a_brute_force_window_survives_the_security_chain(tmp_path):
+    """Hundreds of near-identical sshd lines are the attack, not junk: the web rules would drop them as repetitive
+    (top n-grams, compression); the security kind keeps them."""
+    (tmp_path / "in").mkdir()
+    lines = [f"Dec  4 10:{i // 60:02d}:{i % 60:02d} web01 sshd[{4000 + i}]: Failed password for invalid user "
+             f"{('admin', 'oracle', 'test', 'ubuntu')[i % 4]} from 203.0.113.{i % 250} port {40000 + i * 7} ssh2"
+             for i in range(240)]
+    (tmp_path / "in" / "auth.log").write_text("\n".join(lines) + "\n")
+    manifest, rows = run(tmp_path, [tmp_path / "in"], quality_filters={})
+    assert len(rows) == 1 and rows[0]["text"].count("Failed password") == 240
+    web = PrepareConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / "web"), steps=STEPS, progress=False,
+                        workers=1, log_year=2025, kind="web")
+    with pytest.raises(UserError, match="quality=1"):  # what the web chain would have done
+        prepare(web)
