@@ -158,3 +158,29 @@ def test_a_brute_force_window_survives_the_security_chain(tmp_path):
                         workers=1, log_year=2025, kind="web")
     with pytest.raises(UserError, match="quality=1"):  # what the web chain would have done
         prepare(web)
+
+
+def test_the_security_pretrain_recipe_mixes_sources_by_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from megalang.cli import app
+
+    corpus = tmp_path / "corpus"
+    for sub in ("feeds", "logs", "reports"):
+        (corpus / sub).mkdir(parents=True)
+    (corpus / "feeds" / "nvd.json").write_text(json.dumps(nvd_feed()))
+    (corpus / "logs" / "auth.log").write_text(AUTH_LOG)
+    (corpus / "reports" / "apt29.txt").write_text(
+        "APT29 used spearphishing links (T1566.002) and PowerShell (T1059.001) against example.org; the loader beaconed "
+        "to 198.51.100.77 over HTTPS and dropped a DLL with SHA-256 "
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08. Contact: ir-team@example.com.\n")
+    result = CliRunner().invoke(app, ["data", "prepare", "--recipe", "recipes/security-pretrain.yaml", "-i", str(corpus),
+                                      "-o", str(tmp_path / "out"), "--set", "log_year=2025", "--set", "workers=1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    mixture = manifest["mixture"]
+    assert mixture["feeds/*"]["documents_out"] == 4 * mixture["feeds/*"]["documents_in"] == 8
+    assert mixture["logs/*"]["documents_out"] == 2 * mixture["logs/*"]["documents_in"]
+    report = [r for r in iter_prepared(tmp_path / "out", columns=("text", "source", "kind")) if r["source"].endswith(".txt")]
+    assert len(report) == 4 and report[0]["kind"] == "security"
+    assert "198.51.100.77" in report[0]["text"] and "9f86d081" in report[0]["text"] and "<EMAIL>" in report[0]["text"]

@@ -49,22 +49,30 @@ def data_prepare(
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Any other prepare key, key.sub=value (see docs/data.md); repeatable.")
     ] = None,
+    recipe: Annotated[
+        Optional[str], typer.Option("--recipe", help="YAML of prepare keys (e.g. recipes/security-pretrain.yaml); "
+                                    "the options above and --set override it.")
+    ] = None,
 ):
     """Read text/JSONL/JSON/Parquet/Arrow files, vulnerability feeds (NVD, CVE 5), STIX bundles, logs and WARC/WET
     web archives (recognised by content; local or fsspec URLs), run the steps (normalise, length, quality,
     scrub, decontaminate, exact and near dedup) in parallel → Parquet + manifest."""
     from megalang.config import deep_merge, parse_overrides
+    from megalang.config.load import load_yaml
     from megalang.data.pipeline import prepare
 
     options = given(inputs=input, out=out_dir, text_field=text_field, min_chars=min_chars, normalize=normalize,
                     exclude=exclude, errors=errors, overwrite=overwrite, kind=kind, workers=workers, executor=executor,
                     decontaminate=decontaminate,
                     languages=[c.strip() for c in languages.split(",") if c.strip()] if languages else None)
-    chosen = [s.strip() for s in steps.split(",") if s.strip()] if steps else list(PrepareConfig.model_fields["steps"].default_factory())
+    base = load_yaml(recipe) if recipe else {}
+    chosen = [s.strip() for s in steps.split(",") if s.strip()] if steps else list(
+        base.get("steps") or PrepareConfig.model_fields["steps"].default_factory())
     if decontaminate and "decontaminate" not in chosen:  # asking for eval files means asking for the step
         chosen.insert(chosen.index("length") + 1 if "length" in chosen else 0, "decontaminate")
     options["steps"] = chosen
-    cfg = build_config(PrepareConfig, deep_merge(options, parse_overrides(set_ or [])))
+    cfg = build_config(PrepareConfig, deep_merge(deep_merge(base, options), parse_overrides(set_ or [])),
+                       f"{recipe} + arguments" if recipe else "arguments")
     if "quality" not in cfg.steps and "scrub" not in cfg.steps:
         refuse_unused(ctx, ["kind"], f"only the quality and scrub steps read it, and --steps {','.join(cfg.steps)} has neither")
     manifest = prepare(cfg)
