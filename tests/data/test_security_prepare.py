@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,7 @@ from megalang.errors import UserError
 
 from .test_feeds import attack_bundle, cve5_webp, nvd_feed
 from .test_logs import AUTH_LOG, ECS, jsonl
-from .test_web import crawl_records, per_record_gzip
+from .test_web import EN, crawl_records, http_response, page, per_record_gzip, response
 
 pytest.importorskip("fastwarc", reason="pip install 'megalang[security]'")
 
@@ -184,3 +185,37 @@ def test_the_security_pretrain_recipe_mixes_sources_by_folder(tmp_path):
     report = [r for r in iter_prepared(tmp_path / "out", columns=("text", "source", "kind")) if r["source"].endswith(".txt")]
     assert len(report) == 4 and report[0]["kind"] == "security"
     assert "198.51.100.77" in report[0]["text"] and "9f86d081" in report[0]["text"] and "<EMAIL>" in report[0]["text"]
+
+
+def broken_inputs(folder):
+    """One bad file per reader: a bundle of another STIX version, a WARC record whose HTTP body is cut short
+    (the next record is fine), an auth log with an invalid UTF-8 line."""
+    folder.mkdir()
+    bundle = attack_bundle()
+    bundle["objects"][3]["spec_version"] = "3.0"
+    (folder / "attack.json").write_text(json.dumps(bundle))
+    cut = response("http://example.com/cut", b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 9999\r\n\r\n<p>")
+    good = response("http://example.com/good", http_response(page("Advisory", EN, "en").encode()))
+    (folder / "crawl.warc.gz").write_bytes(per_record_gzip([cut, good]))
+    lines = AUTH_LOG.encode().splitlines(keepends=True)
+    lines[2] = b"Dec  4 10:17:00 web01 CRON[2300]: caf\xe9 \xff session\n"
+    (folder / "auth.log").write_bytes(b"".join(lines))
+    return folder
+
+
+@pytest.mark.parametrize("name, where", [("attack.json", r"objects\[3\]"), ("crawl.warc.gz", r"record 1"),
+                                         ("auth.log", r"auth\.log:3")])
+def test_bad_records_name_file_and_record_or_are_skipped_and_listed(tmp_path, name, where):
+    folder = broken_inputs(tmp_path / "in")
+    with pytest.raises(UserError) as e:
+        run(tmp_path, [folder / name])
+    assert str(folder / name) in str(e.value) and re.search(where, str(e.value)), e.value
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "other.log").write_text(AUTH_LOG)  # so the run has a corpus whatever is skipped
+    manifest, rows = run(tmp_path, [folder / name, tmp_path / "good"], errors="skip", overwrite=True)
+    listed = [e for e in manifest["errors"] if name in e]
+    assert len(listed) == 1 and re.search(where, listed[0]), manifest["errors"]
+    kept = [r for r in rows if r["source"].endswith(name)]
+    # A bundle of another version is a wrong file, not one bad record: nothing from it. The others keep their
+    # good records (the WARC's second page, the log's other lines).
+    assert (not kept) if name == "attack.json" else kept
