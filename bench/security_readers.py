@@ -70,25 +70,26 @@ PRODUCTS = [("apache", "http_server"), ("apache", "tomcat"), ("apache", "struts"
 WEAKNESSES = [
     ("CWE-79", "Cross-site scripting (XSS) vulnerability", "inject arbitrary web script or HTML via the {p} parameter"),
     ("CWE-89", "SQL injection vulnerability", "execute arbitrary SQL commands via the {p} parameter"),
-    ("CWE-787", "Out-of-bounds write", "cause a denial of service (memory corruption) or possibly execute arbitrary "
-                                       "code via a crafted {i}"),
+    ("CWE-787", "Out-of-bounds write", ("cause a denial of service (memory corruption) or possibly execute arbitrary "
+                                       "code via a crafted {i}")),
     ("CWE-125", "Out-of-bounds read", "obtain sensitive information from process memory via a crafted {i}"),
     ("CWE-416", "Use-after-free", "execute arbitrary code via a crafted {i}"),
     ("CWE-22", "Directory traversal vulnerability", "read arbitrary files via a .. (dot dot) in the {p} parameter"),
-    ("CWE-78", "OS command injection vulnerability", "execute arbitrary commands via shell metacharacters in the {p} "
-                                                     "parameter"),
-    ("CWE-352", "Cross-site request forgery (CSRF) vulnerability", "hijack the authentication of administrators for "
-                                                                   "requests that change the {p} setting"),
+    ("CWE-78", "OS command injection vulnerability", ("execute arbitrary commands via shell metacharacters in the {p} "
+                                                     "parameter")),
+    ("CWE-352", "Cross-site request forgery (CSRF) vulnerability", ("hijack the authentication of administrators for "
+                                                                   "requests that change the {p} setting")),
     ("CWE-287", "Improper authentication", "bypass authentication and obtain administrative access via a crafted {i}"),
     ("CWE-502", "Deserialization of untrusted data", "execute arbitrary code via a crafted serialized {i}"),
     ("CWE-400", "Uncontrolled resource consumption", "cause a denial of service (CPU consumption) via a crafted {i}"),
     ("CWE-476", "NULL pointer dereference", "cause a denial of service (daemon crash) via a crafted {i}"),
-    ("CWE-918", "Server-side request forgery (SSRF)", "make the server send requests to internal hosts via the {p} "
-                                                      "parameter"),
+    ("CWE-918", "Server-side request forgery (SSRF)", ("make the server send requests to internal hosts via the {p} "
+                                                      "parameter")),
     ("CWE-190", "Integer overflow", "cause a denial of service (heap corruption) via a large {i}"),
     ("CWE-862", "Missing authorization check", "read or modify other users' data via the {p} endpoint"),
     ("CWE-798", "Use of hard-coded credentials", "log in with a default account that cannot be disabled"),
 ]
+COMPONENTS = ["web interface", "parser", "REST API", "kernel module", "admin console", "SMB server", "image decoder"]
 PARAMS = ["id", "q", "redirect_url", "filename", "username", "page", "sort", "callback", "template", "lang", "path"]
 INPUTS = ["HTTP request", "TLS handshake", "PDF file", "image file", "DNS response", "XML document", "packet",
           "archive", "font file", "JSON payload", "certificate", "SMB message"]
@@ -104,8 +105,8 @@ EXTRA_SENTENCES = [
     "This vulnerability is known to be exploited in the wild.",
     "Users are recommended to upgrade, which fixes the issue.",
 ]
-REF_HOSTS = ["https://github.com/{v}/{p}/security/advisories/GHSA-{a}", "https://www.openwall.com/lists/oss-security/"
-             "{y}/0{m}/1{d}/{n}", "https://security.netapp.com/advisory/ntap-{y}0{m}1{d}-000{d}/",
+REF_HOSTS = ["https://github.com/{v}/{p}/security/advisories/GHSA-{a}", ("https://www.openwall.com/lists/oss-security/"
+             "{y}/0{m}/1{d}/{n}"), "https://security.netapp.com/advisory/ntap-{y}0{m}1{d}-000{d}/",
              "https://lists.debian.org/debian-lts-announce/{y}/0{m}/msg000{n}.html",
              "https://www.{v}.com/security/advisories/{v}-sa-{y}-{n}", "https://bugzilla.redhat.com/show_bug.cgi?id={n}{m}",
              "https://ubuntu.com/security/notices/USN-{n}-1", "https://www.cisa.gov/known-exploited-vulnerabilities-catalog"]
@@ -211,7 +212,8 @@ def nvd_cve(rng: random.Random, n: int, prose: list[str]) -> dict:
     vendor, product = rng.choice(PRODUCTS)
     cwe, weakness, impact = rng.choice(WEAKNESSES)
     name = f"{vendor.replace('_', ' ').title()} {product.replace('_', ' ')}"
-    text = (f"{weakness} in the {rng.choice(['web interface', 'parser', 'REST API', 'kernel module', 'admin console', 'SMB server', 'image decoder'])}"
+    component = rng.choice(COMPONENTS)
+    text = (f"{weakness} in the {component}"
             f" of {name} before {rng.randint(1, 20)}.{rng.randint(0, 30)}.{rng.randint(0, 9)} allows "
             f"{rng.choice(ATTACKERS)} to {fill(impact, rng)}.")
     text += "".join(" " + fill(s, rng) for s in rng.sample(EXTRA_SENTENCES, rng.choice([0, 0, 1, 1, 2, 3])))
@@ -269,7 +271,8 @@ def stix_base(kind: str, rng: random.Random, name: str, attack_id: str, created:
     return {"type": kind, "spec_version": "2.1", "id": stix_id(kind, rng), "created": created,
             "created_by_ref": "identity--c78cb6e5-0c4b-4611-8297-d1b8b55e40b5",
             "object_marking_refs": ["marking-definition--fa42a846-8d90-4e51-bc29-71d5b4802168"],
-            "modified": "2025-04-15T19:58:01.000Z", "name": name, "x_mitre_version": f"{rng.randint(1, 3)}.{rng.randint(0, 3)}",
+            "modified": "2025-04-15T19:58:01.000Z", "name": name,
+            "x_mitre_version": f"{rng.randint(1, 3)}.{rng.randint(0, 3)}",
             "x_mitre_attack_spec_version": "3.2.0", "x_mitre_domains": ["enterprise-attack"],
             "external_references": [{"source_name": "mitre-attack", "external_id": attack_id,
                                      "url": f"https://attack.mitre.org/{path}/{attack_id.replace('.', '/')}"}] + [
@@ -386,14 +389,14 @@ def syslog_event(rng: random.Random, host: str, pid: int) -> list[tuple[str, str
         return out
     if kind == "login":
         user = rng.choice(STAFF)
-        return [(f"sshd[{pid}]", f"Accepted publickey for {user} from {src} port {port} ssh2: ED25519 SHA256:"
-                                 f"{rng.getrandbits(128):032x}"),
+        return [(f"sshd[{pid}]", (f"Accepted publickey for {user} from {src} port {port} ssh2: ED25519 SHA256:"
+                                 f"{rng.getrandbits(128):032x}")),
                 (f"sshd[{pid}]", f"pam_unix(sshd:session): session opened for user {user}(uid=1000) by (uid=0)"),
                 ("systemd-logind[612]", f"New session {pid % 9000} of user {user}.")]
     if kind == "sudo":
         user = rng.choice(STAFF)
-        return [("sudo", f"  {user} : TTY=pts/{rng.randint(0, 4)} ; PWD=/home/{user} ; USER=root ; COMMAND="
-                         f"{rng.choice(COMMANDS)}"),
+        return [("sudo", (f"  {user} : TTY=pts/{rng.randint(0, 4)} ; PWD=/home/{user} ; USER=root ; COMMAND="
+                         f"{rng.choice(COMMANDS)}")),
                 ("sudo", f"pam_unix(sudo:session): session opened for user root(uid=0) by {user}(uid=1000)"),
                 ("sudo", "pam_unix(sudo:session): session closed for user root")]
     if kind == "cron":
@@ -401,15 +404,15 @@ def syslog_event(rng: random.Random, host: str, pid: int) -> list[tuple[str, str
                 (f"CRON[{pid}]", "(root) CMD (   cd / && run-parts --report /etc/cron.hourly)"),
                 (f"CRON[{pid}]", "pam_unix(cron:session): session closed for user root")]
     if kind == "ufw":
-        return [("kernel", f"[{rng.uniform(1e3, 9e6):.6f}] [UFW BLOCK] IN=eth0 OUT= MAC=52:54:00:{rng.getrandbits(24):06x}"
+        return [("kernel", (f"[{rng.uniform(1e3, 9e6):.6f}] [UFW BLOCK] IN=eth0 OUT= MAC=52:54:00:{rng.getrandbits(24):06x}"
                            f":fe:ff:08:00 SRC={ip(rng)} DST=10.0.{rng.randint(0, 9)}.{rng.randint(2, 250)} LEN=60 TOS=0x00 "
                            f"PREC=0x00 TTL={rng.randint(40, 60)} ID={rng.randint(1, 65535)} DF PROTO=TCP SPT="
                            f"{rng.randint(1024, 65535)} DPT={rng.choice([22, 23, 445, 3389, 5900, 8080])} WINDOW=64240 "
-                           "RES=0x00 SYN URGP=0") for _ in range(rng.randint(1, 6))]
+                           "RES=0x00 SYN URGP=0")) for _ in range(rng.randint(1, 6))]
     if kind == "kernel":
-        return [("kernel", f"[{rng.uniform(1e3, 9e6):.6f}] Out of memory: Killed process {pid} (java) total-vm:"
+        return [("kernel", (f"[{rng.uniform(1e3, 9e6):.6f}] Out of memory: Killed process {pid} (java) total-vm:"
                            f"{rng.randint(10**6, 10**7)}kB, anon-rss:{rng.randint(10**5, 10**6)}kB, file-rss:0kB, "
-                           "shmem-rss:0kB, UID:1001 pgtables:9140kB oom_score_adj:0"),
+                           "shmem-rss:0kB, UID:1001 pgtables:9140kB oom_score_adj:0")),
                 ("kernel", f"[{rng.uniform(1e3, 9e6):.6f}] oom_reaper: reaped process {pid} (java), now anon-rss:0kB")]
     return [("systemd[1]", "Starting Daily apt upgrade and clean activities..."),
             ("systemd[1]", "apt-daily-upgrade.service: Deactivated successfully."),
@@ -452,7 +455,8 @@ def ecs_line(rng: random.Random, t: float, host: str) -> dict:
                   "http": {"request": {"method": "GET"}, "response": {"status_code": status}}, "url": {"path": path}}
     elif service == "orders-api":
         level = "error" if status >= 500 else "info"
-        event["message"] = (f"order {rng.getrandbits(40):x} {'failed: upstream timeout after 3000 ms' if level == 'error' else 'created'}"
+        outcome = "failed: upstream timeout after 3000 ms" if level == "error" else "created"
+        event["message"] = (f"order {rng.getrandbits(40):x} {outcome}"
                             f" for customer {rng.randint(1, 10**6)}")
         event |= {"log": {"level": level}, "trace": {"id": f"{rng.getrandbits(128):032x}"}}
     else:
