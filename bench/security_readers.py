@@ -720,6 +720,8 @@ def main() -> None:
     ap.add_argument("--size-mb", type=float, default=20.0, help="size of each input (the WARC: uncompressed)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each contender; the fastest is kept")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-chain", dest="chain", action="store_false",
+                    help="skip the whole `data prepare` run over all five inputs")
     args = ap.parse_args()
     ver = versions()
     with_datatrove = ver["datatrove"] is not None and ver["trafilatura"] is not None and ver["warcio"] is not None
@@ -742,12 +744,33 @@ def main() -> None:
                     docs[name, who], chars[name, who] = docs[name, who]
                 best[name, who] = min(best.get((name, who), math.inf), time.perf_counter() - t0)
         result = report(inputs, best, docs, chars)
+        if args.chain:
+            result["security_chain"] = chain(inputs, root / "prepared")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({"bench": "security_readers", "size_mb": args.size_mb, "repeats": args.repeats, "seed": args.seed,
                       "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0], "build_seconds": round(build_s, 1),
                       "sniffed": sniffed, **result, "versions": ver,
                       **({} if with_datatrove else {"datatrove": "not installed: peer skipped"})}))
+
+
+def chain(inputs: dict[str, dict], out: Path) -> dict:
+    """`data prepare` over all five inputs on one worker, as a team would run it on its feeds, logs and crawl:
+    content sniffing, the readers, normalize → length → quality (security chain for feeds and logs, web chain for
+    the pages) → scrub (per kind) → exact dedup, and the Parquet output. MB/s of the uncompressed input."""
+    from megalang.config import PrepareConfig
+    from megalang.data.pipeline import prepare
+
+    cfg = PrepareConfig(inputs=[str(info["path"]) for info in inputs.values()], out=str(out), workers=1,
+                        steps=["normalize", "length", "quality", "scrub", "exact_dedup"], progress=False, log_year=2025)
+    total = sum(info["bytes"] for info in inputs.values())
+    t0 = time.perf_counter()
+    manifest = prepare(cfg)
+    seconds = time.perf_counter() - t0
+    counts = manifest["counts"]
+    return {"mb": round(total / MB, 1), "seconds": round(seconds, 2), "mb_per_s": round(total / MB / seconds, 2),
+            "documents_in": counts["documents_in"], "documents_out": counts["documents_out"],
+            "documents_by_kind": counts["documents_by_kind"], "scrubbed": manifest.get("scrubbed", {})}
 
 
 def warm_up(with_datatrove: bool) -> None:
