@@ -29,7 +29,7 @@ PRIVATE_NAMES = (
 def stop_dcp_writer_process() -> None:
     """Stop DCP's checkpoint writer process. DCP keeps it for the life of the trainer process and offers no call
     to stop it; left to interpreter exit it dies on a closed pipe with a traceback. Stop it as DCP's own
-    finalizer does, then reap it (after a SIGTERM too)."""
+    finalizer does, then reap it (after a SIGTERM too, and a SIGKILL if even that takes over 5 s)."""
     from torch.distributed.checkpoint import _async_process_executor as process_executor
 
     writer, process_executor._CHECKPOINT_PROCESS = process_executor._CHECKPOINT_PROCESS, None
@@ -37,6 +37,9 @@ def stop_dcp_writer_process() -> None:
         with contextlib.suppress(OSError):  # a writer that already exited has closed its end of the pipe
             writer.__del__()  # TERMINATE, join (5 s), then SIGTERM; a second call at GC finds it stopped
         writer._save_process.join(timeout=5)
+        if writer._save_process.is_alive():  # a loaded machine can outlast both waits: nothing is in flight here
+            writer._save_process.kill()
+            writer._save_process.join()
 
 
 def dcp_writer_process() -> Any:
