@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from megalang.config import SftFromConfig
 from megalang.data.documents import iter_prepared, read_prepared_manifest
-from megalang.data.security_qa import QA, QUESTION_TYPES, questions_for, record_key
+from megalang.data.security_qa import QA, QUESTION_TYPES, questions_for, record_key, record_kind
 from megalang.errors import UserError, naming
 from megalang.store.files import staging_dir
 from megalang.store.manifest import describe_input, write_manifest
@@ -22,6 +22,8 @@ STAGE = "data.sft_from"
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl"}
 _COLUMNS = ("id", "format", "record_id", "cve_id", "cwe_ids", "cvss_score", "cvss_vector", "attack_id", "tactics",
             "platforms", "fields")
+_COUNT_OF_KIND = {"cve": "documents_cve", "technique": "documents_technique", "attack_other": "ignored_attack_other",
+                  "other": "ignored_other"}
 _HOW_TO_GET = "run `megalang data prepare -i FEEDS` on NVD/CVE 5 feeds or an ATT&CK STIX bundle"
 
 
@@ -94,12 +96,7 @@ def generate(root: str, wanted: tuple[str, ...], seed: int,
     for row in iter_prepared(root, columns=_COLUMNS):
         counts["documents"] += 1
         qas, missing = questions_for(row, wanted, seed)
-        if row.get("format") in ("nvd", "cve5"):
-            counts["documents_cve"] += 1
-        elif row.get("format") == "stix":
-            counts["documents_technique" if qas or missing else "ignored_attack_other"] += 1
-        else:
-            counts["ignored_other"] += 1
+        counts[_COUNT_OF_KIND[record_kind(row)]] += 1
         if qas or missing:
             yield row, qas, missing
     if not counts["documents_cve"] + counts["documents_technique"]:
