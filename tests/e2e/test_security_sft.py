@@ -133,8 +133,10 @@ def test_lora_on_generated_cwe_questions_beats_the_base_model_on_held_out_record
 
     cli("train", "recipes/sft-lora.yaml", f"model.pretrained={smol}", f"data.sft={tmp_path / 'sft' / 'train.jsonl'}",
         f"run.dir={tmp_path / 'run'}", f"seed={SEED}", *TRAIN)
+    # The merged export: load_model_for_inference on the LoRA run folder itself refuses its pretrained tokenizer/.
+    cli("export", "--run", tmp_path / "run", "--out", tmp_path / "merged", "--merge")
     scores = {}
-    for name, path in (("base", smol), ("tuned", tmp_path / "run")):
+    for name, path in (("base", smol), ("tuned", tmp_path / "merged")):
         loaded = load_model_for_inference(path)
         scores[name] = [answer_logprob(loaded.model, loaded.tokenizer, r["messages"][0]["content"],
                                        r["messages"][1]["content"]) for r in held_out]
