@@ -17,7 +17,14 @@ from megalang.cli.app import (
     tokenizer_app,
     user_errors,
 )
-from megalang.config import ClassifierTrainConfig, PrepareConfig, TokenizeConfig, TokenizerTrainConfig, build_config
+from megalang.config import (
+    ClassifierTrainConfig,
+    PrepareConfig,
+    SftFromConfig,
+    TokenizeConfig,
+    TokenizerTrainConfig,
+    build_config,
+)
 from megalang.errors import UserError
 
 # --- data -------------------------------------------------------------------------------------------
@@ -77,6 +84,26 @@ def data_prepare(
         refuse_unused(ctx, ["kind"], f"only the quality and scrub steps read it, and --steps {','.join(cfg.steps)} has neither")
     manifest = prepare(cfg)
     out.print(f"prepared {out_dir}: " + counts_line(manifest["counts"]))
+
+
+@data_app.command("sft-from")
+@user_errors
+def data_sft_from(
+    input: Annotated[str, field_option(SftFromConfig, "input", "--input", "-i")],
+    out_dir: Annotated[str, field_option(SftFromConfig, "out", "--out", "-o")],
+    val_fraction: Annotated[Optional[float], field_option(SftFromConfig, "val_fraction")] = None,
+    seed: Annotated[Optional[int], field_option(SftFromConfig, "seed")] = None,
+    questions: Annotated[Optional[str], field_option(SftFromConfig, "questions", suffix=", comma-separated")] = None,
+    overwrite: Annotated[Optional[bool], field_option(SftFromConfig, "overwrite")] = None,
+):
+    """Turn the CVE and ATT&CK technique documents of a prepared folder into chat JSONL for `data.sft`: questions
+    whose answers are the records' own fields, held out by record id (train.jsonl, val.jsonl)."""
+    from megalang.data.sft_from import sft_from
+
+    options = given(input=input, out=out_dir, val_fraction=val_fraction, seed=seed, overwrite=overwrite,
+                    questions=[q.strip() for q in questions.split(",") if q.strip()] if questions else None)
+    manifest = sft_from(build_config(SftFromConfig, options))
+    out.print(f"instructions {out_dir}: " + counts_line(manifest["counts"]))
 
 
 @classifier_app.command("train")

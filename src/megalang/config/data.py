@@ -182,3 +182,24 @@ class SftTokenizeConfig(Section):
         0.0, ge=0, lt=1, description="without val_input: examples of input held out as val (by a hash of each example)"
     )
     overwrite: bool = Field(False, description="replace an existing output folder")
+
+
+SftQuestion = Literal["cwe", "severity", "affected", "tactics", "platforms", "mitigations", "detection", "used_by"]
+
+
+class SftFromConfig(Section):
+    """`megalang data sft-from`: CVE and ATT&CK documents → chat JSONL for `data.sft` (train.jsonl, val.jsonl)."""
+
+    input: str = Field(description="folder written by `megalang data prepare` from feeds and STIX bundles")
+    out: str = Field(description="output folder (train.jsonl, val.jsonl, manifest.json)")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="records held out as val.jsonl, by a hash of the record id (all its questions)"
+    )
+    seed: int = Field(0, description="seeds the split hash and the choice among each question's phrasings")
+    questions: list[SftQuestion] = Field(
+        default_factory=lambda: ["cwe", "severity", "affected", "tactics", "platforms", "mitigations", "detection",
+                                 "used_by"],
+        min_length=1, description="question types to ask (a CVE: cwe, severity, affected; a technique: tactics, "
+        "platforms, mitigations, detection, used_by)",
+    )
+    overwrite: bool = Field(False, description="replace an existing output folder")
