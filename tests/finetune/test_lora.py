@@ -72,6 +72,15 @@ def test_merged_export_loads_in_plain_transformers(lora_run, tmp_path):
     assert tok.chat_template  # the model's chat template travels with the export
 
 
+def test_a_lora_run_loads_for_generation_with_the_pretrained_tokenizer(lora_run):
+    """`megalang generate --model RUN` on a run from model.pretrained: the run's tokenizer copy is the pretrained
+    model's Hugging Face tokenizer (not a `tokenizer train` artifact), chat template included."""
+    from megalang.model.load import load_model_for_inference
+
+    loaded = load_model_for_inference(lora_run[0])
+    assert loaded.tokenizer.chat_template and loaded.tokenizer("hello")["input_ids"]
+
+
 def test_adapter_export_without_merge(lora_run, tmp_path, tiny_pretrained):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

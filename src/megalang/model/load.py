@@ -25,9 +25,8 @@ def load_model_for_inference(path: str | Path, step: int | None = None, field: s
     if not path.exists():
         raise UserError(f"{path}: no such model folder; pass a run folder or an exported folder")
     if path.is_dir() and RunDir.looks_like_run(path):
-        from megalang.data.tokenizer import load_hf_tokenizer
         model, _cfg = load_trained_model(path, step=step)
-        return LoadedModel(model, load_hf_tokenizer(RunDir(path).tokenizer), "run", path)
+        return LoadedModel(model, run_tokenizer(RunDir(path).tokenizer), "run", path)
     if path.is_dir() and (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,6 +43,20 @@ def load_model_for_inference(path: str | Path, step: int | None = None, field: s
     if path.is_file() and path.suffix == ".gguf":
         return load_gguf(path)
     raise UserError(f"{path}: neither a run folder (checkpoints/), a Hugging Face folder (config.json) nor a .gguf file")
+
+
+def run_tokenizer(folder: Path):
+    """A run's copy of its tokenizer: megalang's own (`tokenizer train`) or, for a run from model.pretrained, the
+    pretrained model's Hugging Face tokenizer (chat template included)."""
+    from megalang.store.manifest import read_manifest
+
+    if read_manifest(folder).get("stage") == "tokenizer.pretrained":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+    from megalang.data.tokenizer import load_hf_tokenizer
+
+    return load_hf_tokenizer(folder)
 
 
 def load_gguf(path: Path) -> LoadedModel:
