@@ -7,7 +7,7 @@ import pytest
 from evalsets import ByteTokenizer
 
 from megalang.evaluate.choice import ChoiceItem, aggregate, by_subject, choice_predictions, context_for, item_text
-from megalang.evaluate.classify import classification_metrics, confusion_matrix, macro_f1
+from megalang.evaluate.classify import classification_metrics
 from megalang.evaluate.perplexity import count_words, rolling_metrics
 from megalang.evaluate.robustness import PERTURBATIONS, perturb
 from megalang.evaluate.scoring import Scorer, rolling_windows
@@ -55,14 +55,14 @@ def test_prompts_arc_mmlu_and_fewshot():
 def test_confusion_matrix_and_macro_f1():
     gold = [0, 0, 1, 1, 2, 2]
     pred = [0, 1, 1, 1, 2, 0]
-    m = confusion_matrix(gold, pred, 3)
-    assert m == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    # F1 per label: 0: tp1 fp1 fn1 → 0.5; 1: tp2 fp1 fn0 → 0.8; 2: tp1 fp0 fn1 → 2/3
-    assert macro_f1(m) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     got = classification_metrics(gold, pred, ["benign", "suspicious", "malicious"])
+    assert got["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # F1 per label: 0: tp1 fp1 fn1 → 0.5; 1: tp2 fp1 fn0 → 0.8; 2: tp1 fp0 fn1 → 2/3
+    assert got["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert got["per_class"]["suspicious"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
     assert got["accuracy"] == pytest.approx(4 / 6)
-    # a label that is neither gold nor predicted is left out of the macro average
-    assert macro_f1(confusion_matrix([0, 1], [0, 1], 3)) == 1.0
+    # a label that is neither gold nor predicted is left out of the macro average (evals during training)
+    assert classification_metrics([0, 1], [0, 1], ["a", "b", "c"])["macro_f1"] == 1.0
 
 
 def test_rolling_metrics_weighted_like_lm_eval():

@@ -26,9 +26,15 @@ def common(**options) -> EvalOptions:
     return build_config(EvalOptions, given(**options), "options")
 
 
-def _print_metrics(result: dict) -> None:
-    """The headline numbers; the per-item detail is in --out."""
-    out.print(json.dumps({k: v for k, v in result.items() if k not in ("items", "per_document", "configs")}, indent=2), markup=False)
+def _print_metrics(result: dict, drop: tuple[str, ...] = (), one_line_values: bool = False) -> None:
+    """The headline numbers as JSON; the per-item detail (and `drop`) is in --out. `one_line_values`: each top-level
+    key on one line (a per-class table or a confusion matrix stays a few lines)."""
+    shown = {k: v for k, v in result.items() if k not in ("items", "per_document", "configs", *drop)}
+    if not one_line_values:
+        out.print(json.dumps(shown, indent=2), markup=False)
+        return
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in shown.items()]
+    out.print("{\n" + ",\n".join(lines) + "\n}" if lines else "{}", markup=False, soft_wrap=True)
 
 
 @eval_app.command("perplexity")
@@ -105,15 +111,17 @@ def eval_classify(
     out_file: Out = None,
     verbalizer: Annotated[Optional[str], typer.Option(help="JSON file {label: word}, or 'label=word,…' (default: the labels themselves).")] = None,
     template: Annotated[str, typer.Option(help="Prompt with {text}; each label's word is scored after it.")] = "{text}\nLabel:",
+    positive: Annotated[Optional[str], typer.Option(help="Two-class sets: the label whose probability is swept (default: the one named malicious/positive/1/true/yes, else the second label).")] = None,
     batch_size: BatchSize = None,
     limit: Limit = None,
 ):
-    """Classification through a verbaliser: accuracy, macro-F1, confusion matrix."""
+    """Classification through a verbaliser: accuracy, per-class and macro/weighted F1, confusion matrix; ROC AUC and a threshold sweep for two classes."""
     from megalang.evaluate.classify import evaluate_classify
 
     o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
-    _print_metrics(evaluate_classify(o.model, data, verbalizer=verbalizer, out=o.out, template=template,
-                                     batch_size=o.batch_size, limit=o.limit))
+    result = evaluate_classify(o.model, data, verbalizer=verbalizer, out=o.out, template=template, batch_size=o.batch_size,
+                               limit=o.limit, positive=positive)
+    _print_metrics(result, drop=("threshold_sweep",), one_line_values=True)
 
 
 @eval_app.command("generate")
