@@ -118,3 +118,14 @@ def test_canaries_need_sft_data(tmp_path):
     cfg = load_config(RunConfig, None, [f"data.shards={tmp_path}", "data.canaries.count=2"])
     with pytest.raises(UserError, match="data.canaries .* data.sft"):
         prepare_data(cfg)
+
+
+def test_report_shows_epsilon_beside_exposure_and_auc():
+    from megalang.monitor.report import privacy_rows
+
+    rows = dict(privacy_rows({"epsilon": 0.99, "delta": 1e-3, "exposure_mean": 2.09, "control_exposure_mean": 0.83,
+                              "max_exposure": 9.97, "repeats": 20, "mia_auc": 0.35, "mia_tpr_at_1pct_fpr": 0.0}))
+    assert rows["privacy: ε (δ)"] == "0.99 (δ = 0.001)"
+    assert rows["privacy: canary exposure, mean (controls)"].startswith("2.09 bits (0.83)")
+    assert rows["privacy: membership inference AUC (TPR at 1% FPR)"] == "0.350 (0.000)"
+    assert privacy_rows({}) == []
