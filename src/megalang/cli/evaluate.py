@@ -1,4 +1,4 @@
-"""`megalang eval …`: perplexity, choice, classify, generate, robustness, harness."""
+"""`megalang eval …`: perplexity, choice, classify, generate, robustness, harness, privacy."""
 
 from __future__ import annotations
 
@@ -196,3 +196,22 @@ def eval_harness(
     o = common(model=model, out=out_file, batch_size=batch_size, limit=limit, max_length=max_length)
     _print_metrics(evaluate_harness(o.model, names, out=o.out, include_path=include_path, num_fewshot=num_fewshot,
                                     batch_size=o.batch_size, limit=o.limit, max_length=o.max_length))
+
+
+@eval_app.command("privacy")
+@user_errors
+def eval_privacy(
+    run: Annotated[str, typer.Option(help="Run folder trained with data.canaries (DP or not).")],
+    out_file: Out = None,
+    candidates: Annotated[int, typer.Option(help="Random secrets each canary is ranked against (the whole space when it is smaller).")] = 10_000,
+    members: Annotated[int, typer.Option(help="Training and held-out examples each for membership inference.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seeds the candidate secrets and the examples picked.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+):
+    """Privacy audit: canary exposure (Secret Sharer), loss-threshold membership inference (AUC, TPR at 1% FPR)
+    and the run's ε; written to RUN/privacy.json."""
+    from megalang.evaluate.privacy import evaluate_privacy
+
+    result = evaluate_privacy(run, candidates=candidates, members=members, seed=seed, batch_size=batch_size,
+                              out=out_file)
+    _print_metrics({k: v for k, v in result.items() if k not in ("canaries", "controls")})

@@ -31,6 +31,7 @@ from megalang.config.load import (
 from megalang.config.plan import PlanConfig, ShapeConfig
 from megalang.config.run import (
     MOVED_KEYS,
+    CanaryConfig,
     CheckpointConfig,
     DataConfig,
     DistillConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "CheckpointConfig",
     "ClassifierTrainConfig",
     "CurriculumConfig",
+    "CanaryConfig",
     "DataConfig",
     "DistillConfig",
     "EvalSetConfig",

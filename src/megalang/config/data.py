@@ -181,6 +181,9 @@ class SftTokenizeConfig(Section):
     val_fraction: float = Field(
         0.0, ge=0, lt=1, description="without val_input: examples of input held out as val (by a hash of each example)"
     )
+    train_only: str | None = Field(
+        None, description="JSONL of the same form added to the train split only, after input (data.canaries writes it)"
+    )
     overwrite: bool = Field(False, description="replace an existing output folder")
 
 

@@ -19,6 +19,24 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="attention dropout")
 
 
+class CanaryConfig(Section):
+    """Canaries (issue #19): random secrets in a fixed sentence, added to the training data only, so
+    `megalang eval privacy` can measure their exposure (Carlini et al. 2019, "The Secret Sharer")."""
+
+    count: int = Field(0, ge=0, le=1000, description="distinct canaries inserted (0 = none)")
+    repeats: int = Field(1, ge=1, le=100_000, description="times each canary is inserted into the training data")
+    digits: int = Field(6, ge=1, le=18, description="random digits per secret: the candidate space has 10^digits secrets")
+    template: str = Field("my secret code is {secret}", description="the canary sentence; {secret} becomes the digits")
+    prompt: str = Field("What is the secret code?", description="SFT: the user turn the canary sentence answers")
+    seed: int = Field(0, description="seeds the secrets (and the never-inserted control secrets)")
+
+    @model_validator(mode="after")
+    def _check(self) -> CanaryConfig:
+        if self.template.count("{secret}") != 1:
+            raise ValueError(f"data.canaries.template={self.template!r} must contain {{secret}} exactly once")
+        return self
+
+
 class DataConfig(Section):
     shards: str | None = Field(None, description="folder from `megalang data tokenize` (plain or --format sft)")
     # --- issue #6: supervised fine-tuning data (see docs/finetuning.md) ---
@@ -33,6 +51,7 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="SFT: an example longer than train.seq_len+1 tokens is truncated or dropped (counted)"
     )
+    canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     curriculum: bool = Field(True, description="follow the shards' curriculum stages in the first epoch (false: shuffle all)")
     verify: Literal["auto", "always", "never"] = Field(
         "auto", description="check shard SHA-256s at train start; auto: skip files unchanged (size, mtime) since the last check"

@@ -144,6 +144,10 @@ def tokenize_sft(cfg: SftTokenizeConfig, tokenizer=None) -> dict[str, Any]:
         writers = {name: SplitWriter(tmp, name, dtype) for name in ("train", "val")}
         for where, messages, split in route_examples(cfg):
             writers[split].add(*render_example(tokenizer, messages, where))
+        train_only = 0  # after every input example: the last `train_only_documents` of train (eval privacy skips them)
+        for n, messages in enumerate(read_sft_jsonl(cfg.train_only) if cfg.train_only else (), 1):
+            writers["train"].add(*render_example(tokenizer, messages, f"{cfg.train_only}:{n}"))
+            train_only += 1
         splits = {name: w.close() for name, w in writers.items()}
         if not splits["train"]["documents"]:
             raise UserError(f"{cfg.input}: no training examples (the file is empty, or val_fraction took them all)")
@@ -151,12 +155,12 @@ def tokenize_sft(cfg: SftTokenizeConfig, tokenizer=None) -> dict[str, Any]:
         train, val = splits["train"], splits["val"]
         return write_manifest(
             tmp, "data.tokenize", config=cfg.model_dump(),
-            inputs=[describe_input(cfg.input)] + ([describe_input(cfg.val_input)] if cfg.val_input else []),
+            inputs=[describe_input(f) for f in (cfg.input, cfg.val_input, cfg.train_only) if f],
             counts={"examples": train["documents"], "tokens": train["tokens"],
                     "assistant_tokens": writers["train"].assistant_tokens,
                     "train_documents": train["documents"], "train_tokens": train["tokens"],
                     "val_documents": val["documents"], "val_tokens": val["tokens"],
-                    "val_assistant_tokens": writers["val"].assistant_tokens},
+                    "val_assistant_tokens": writers["val"].assistant_tokens, "train_only_documents": train_only},
             format="sft", dtype=dtype.name, vocab_size=vocab_size,
             bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id, unk_id=tokenizer.unk_token_id,

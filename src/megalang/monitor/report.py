@@ -116,11 +116,29 @@ def summary_rows(records: dict[int, dict[str, Any]], summary: dict[str, Any]) ->
     return rows
 
 
+def privacy_rows(privacy: dict[str, Any]) -> list[tuple[str, str]]:
+    """ε beside what `megalang eval privacy` measured (RUN/privacy.json), so the bound and the attacks read together."""
+    if not privacy:
+        return []
+    eps = privacy.get("epsilon")
+    controls = privacy.get("control_exposure_mean")
+    auc = privacy.get("mia_auc")
+    return [
+        ("privacy: ε (δ)", f"{eps} (δ = {privacy.get('delta')})" if eps is not None else "no DP (ε = ∞)"),
+        ("privacy: canary exposure, mean (controls)",
+         f"{_fmt(privacy.get('exposure_mean'), '.2f')} bits ({_fmt(controls, '.2f')}); at most "
+         f"{_fmt(privacy.get('max_exposure'), '.1f')}, {privacy.get('repeats')} repeats"),
+        ("privacy: membership inference AUC (TPR at 1% FPR)",
+         f"{_fmt(auc, '.3f')} ({_fmt(privacy.get('mia_tpr_at_1pct_fpr'), '.3f')})" if auc is not None
+         else privacy.get("mia_note", "n/a")),
+    ]
+
+
 def render_html(run: RunDir, records: dict[int, dict[str, Any]], summary: dict[str, Any],
                 plots: list[tuple[str, str]]) -> str:
     """One static page: inline CSS, relative image paths, nothing fetched from the network."""
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                     for k, v in summary_rows(records, summary))
+                     for k, v in summary_rows(records, summary) + privacy_rows(_read_json(run.privacy)))
     figures = "\n".join(
         f'<figure><img src="{run.relative(run.report_plots)}/{stem}.png" alt="{html.escape(title)}" width="640" height="360"></figure>'
         for stem, title in plots)

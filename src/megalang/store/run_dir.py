@@ -10,6 +10,9 @@
     RUN/report.html            a view on the run, rebuilt by `megalang report` (its PNGs in RUN/report_files/)
     RUN/tokenizer/             a copy of the shards' tokenizer, so export and generate need nothing outside
     RUN/sft-data/              data.sft tokenized with the model's tokenizer
+    RUN/canaries.json          data.canaries: the secrets inserted, their template and repeats, and control secrets
+    RUN/canaries.jsonl         data.canaries: the canary chats added to the train split (each line once per repeat)
+    RUN/privacy.json           written by `megalang eval privacy`: ε beside canary exposure and membership inference
 """
 
 from __future__ import annotations
@@ -115,6 +118,18 @@ class RunDir:
     @property
     def sft_data(self) -> Path:
         return self.root / "sft-data"
+
+    @property
+    def canaries(self) -> Path:
+        return self.root / "canaries.json"
+
+    @property
+    def canary_chats(self) -> Path:
+        return self.root / "canaries.jsonl"
+
+    @property
+    def privacy(self) -> Path:
+        return self.root / "privacy.json"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -62,6 +62,9 @@ def prepare_data(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     if (cfg.data.sft_val or cfg.data.sft_val_fraction) and not cfg.data.sft:
         raise UserError("data.sft_val and data.sft_val_fraction split data.sft; for data.shards, tokenize a val split "
                         "with `megalang data tokenize --format sft --set val_input=FILE`")
+    if cfg.data.canaries.count and not cfg.data.sft:
+        raise UserError("data.canaries are inserted while data.sft is tokenized for the run; with data.shards they "
+                        "are not supported yet: pass the chats as data.sft=FILE.jsonl")
     if cfg.data.sft:
         shards = str(tokenize_sft_for_run(cfg))
         return shards, read_shard_manifest(shards)
@@ -83,9 +86,18 @@ def tokenize_sft_for_run(cfg: RunConfig) -> Path:
         # Every rank would tokenize into the same RUN/sft-data at once; one tokenized folder serves them all.
         raise UserError("data.sft is tokenized by a single process; run `megalang data tokenize --format sft` first "
                         "and pass data.shards=FOLDER to a multi-process run")
-    out = RunDir(Path(cfg.run.dir)).sft_data
+    run = RunDir(Path(cfg.run.dir))
+    out = run.sft_data
+    canaries = None
+    if cfg.data.canaries.count:  # into the train split only, after data.sft's examples (data/canaries.py)
+        from megalang.data.canaries import write_canaries
+
+        canaries = str(write_canaries(cfg.data.canaries, run))
+    else:  # an earlier leg's canaries are no longer in the data: eval privacy must not measure them
+        run.canaries.unlink(missing_ok=True)
+        run.canary_chats.unlink(missing_ok=True)
     wanted = SftTokenizeConfig(input=cfg.data.sft, model=cfg.model.pretrained, out=str(out), overwrite=True,
-                               val_input=cfg.data.sft_val, val_fraction=cfg.data.sft_val_fraction)
+                               val_input=cfg.data.sft_val, val_fraction=cfg.data.sft_val_fraction, train_only=canaries)
     if (out / MANIFEST).is_file() and already_tokenized(read_json(out / MANIFEST, "SFT data manifest"), wanted):
         return out  # a resumed run: the same files and settings, already tokenized
     tokenize_sft(wanted)
@@ -94,7 +106,7 @@ def tokenize_sft_for_run(cfg: RunConfig) -> Path:
 
 def already_tokenized(done: dict[str, Any], wanted: SftTokenizeConfig) -> bool:
     """The folder holds exactly these input files (by SHA-256), tokenized with the same settings."""
-    files = [wanted.input] + ([wanted.val_input] if wanted.val_input else [])
+    files = [f for f in (wanted.input, wanted.val_input, wanted.train_only) if f]
     hashes = [i.get("sha256") for i in done.get("inputs") or []]
     same_settings = all(done["config"].get(k) == v for k, v in wanted.model_dump().items() if k != "overwrite")
     return same_settings and hashes == [sha256_file(f) for f in files]
