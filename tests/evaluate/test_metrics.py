@@ -134,9 +134,7 @@ def test_perturbations_are_seeded_and_respect_the_rate():
         a, b = perturb(text, kind, 0.3, seed=1, line=7), perturb(text, kind, 0.3, seed=1, line=7)
         assert a == b, kind
         assert a != text, kind
-        assert perturb(text, kind, 0.3, seed=2, line=7) != a or kind == "synonym"
-    assert perturb("big", "synonym", 1.0, 0, 1) == "large"
-    assert perturb("Big error", "synonym", 1.0, 0, 1) == "Large mistake"
+        assert perturb(text, kind, 0.3, seed=2, line=7) != a
     assert perturb("abcd", "case", 1.0, 0, 1) == "ABCD"
     assert perturb("abcd", "delete", 1.0, 0, 1) == ""
     assert perturb("abcd", "swap", 1.0, 0, 1) == "badc"

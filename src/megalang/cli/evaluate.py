@@ -155,17 +155,24 @@ def eval_robustness(
     model: Model,
     data: Annotated[str, typer.Option(help="A choice or classify JSONL set.")],
     out_file: Out = None,
-    perturbation: Annotated[Optional[list[str]], typer.Option("--perturbation", help="swap, delete, case, whitespace, keyboard, synonym; repeatable (default: all).")] = None,
-    rate: Annotated[float, typer.Option(help="Probability each character (word, for synonym) is perturbed.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Perturbation seed.")] = 0,
+    perturbation: Annotated[Optional[list[str]], typer.Option("--perturbation", help="swap, delete, case, whitespace, keyboard; repeatable (default: all).")] = None,
+    rate: Annotated[float, typer.Option(help="Probability each character is perturbed.")] = 0.1,
+    attack: Annotated[Optional[str], typer.Option(help="A TextAttack attack instead of the perturbations (classify sets): deepwordbug, pruthi, word-deletion.")] = None,
+    examples: Annotated[Optional[str], typer.Option(help="--attack: JSONL of the successful adversarial examples (default: beside --out).")] = None,
+    seed: Annotated[int, typer.Option(help="Perturbation or attack seed.")] = 0,
     verbalizer: Annotated[Optional[str], typer.Option(help="Classify sets: as in `eval classify`.")] = None,
     format: Annotated[str, typer.Option("--format", help="Choice sets: arc or mmlu.")] = "arc",
     batch_size: BatchSize = None,
     limit: Limit = None,
 ):
-    """Clean vs perturbed accuracy (seeded typos, case, whitespace, synonyms) and the drop."""
+    """Clean vs perturbed accuracy (seeded typos, case, whitespace) and the drop, or a TextAttack attack."""
     from megalang.evaluate.common import CHOICE
     from megalang.evaluate.robustness import detect_schema, evaluate_robustness
+
+    if attack is not None:
+        _attack(ctx, model, data, out_file, attack, examples, seed, verbalizer, batch_size, limit)
+        return
+    refuse_unused(ctx, ["examples"], "--examples is for --attack")
 
     if passed(ctx, "verbalizer") or passed(ctx, "format"):  # each is read for one kind of set only
         if detect_schema(data) is CHOICE:
@@ -175,6 +182,20 @@ def eval_robustness(
     o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
     _print_metrics(evaluate_robustness(o.model, data, out=o.out, perturbations=perturbation, rate=rate, seed=seed,
                                        verbalizer=verbalizer, fmt=format, batch_size=o.batch_size, limit=o.limit))
+
+
+def _attack(ctx, model, data, out_file, attack, examples, seed, verbalizer, batch_size, limit) -> None:
+    from megalang.evaluate.attack import check_attack, evaluate_attack
+    from megalang.evaluate.common import CHOICE
+    from megalang.evaluate.robustness import detect_schema
+
+    check_attack(attack)
+    refuse_unused(ctx, ["perturbation", "rate", "format"], "--attack replaces the perturbations")
+    if detect_schema(data) is CHOICE:
+        raise UserError(f"{data} is a choice set; --attack works on classify sets (text, label)")
+    o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
+    _print_metrics(evaluate_attack(o.model, data, attack, out=o.out, examples=examples, seed=seed,
+                                   verbalizer=verbalizer, batch_size=o.batch_size, limit=o.limit))
 
 
 @eval_app.command("harness")

@@ -1,6 +1,7 @@
-"""`megalang eval robustness`: accuracy on a choice or classify set before and after seeded perturbations.
+"""`megalang eval robustness`: accuracy on a choice or classify set before and after seeded perturbations
+(cheap smoke checks; `--attack` runs TextAttack's searched attacks instead, evaluate/attack.py).
 
-Each perturbation touches each eligible character (or word, for synonyms) with probability `rate`,
+Each perturbation touches each eligible character with probability `rate`,
 drawn from a generator seeded by (seed, perturbation, line), so a result is reproducible and does not
 depend on item order or on which other perturbations run.
 """
@@ -8,7 +9,6 @@ depend on item order or on which other perturbations run.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,19 +31,6 @@ KEYBOARD = {
     "p": "o", "a": "qsz", "s": "awdz", "d": "sefx", "f": "drgc", "g": "fthv", "h": "gyjb", "j": "hukn",
     "k": "jilm", "l": "ko", "z": "asx", "x": "zsdc", "c": "xdfv", "v": "cfgb", "b": "vghn", "n": "bhjm", "m": "njk",
 }
-# A small symmetric synonym list of common words (adversarial word substitution, kept meaning-preserving).
-_SYNONYM_GROUPS = [
-    ("big", "large"), ("small", "little"), ("fast", "quick"), ("begin", "start"), ("end", "finish"),
-    ("answer", "reply"), ("help", "assist"), ("show", "display"), ("buy", "purchase"), ("use", "utilize"),
-    ("choose", "select"), ("correct", "right"), ("wrong", "incorrect"), ("often", "frequently"),
-    ("maybe", "perhaps"), ("many", "numerous"), ("happy", "glad"), ("hard", "difficult"), ("easy", "simple"),
-    ("house", "home"), ("car", "automobile"), ("child", "kid"), ("error", "mistake"), ("file", "document"),
-    ("attack", "assault"), ("danger", "threat"), ("safe", "secure"), ("request", "query"), ("send", "transmit"),
-    ("delete", "remove"), ("find", "locate"), ("get", "obtain"), ("make", "create"), ("need", "require"),
-]
-SYNONYMS = {a: b for a, b in _SYNONYM_GROUPS} | {b: a for a, b in _SYNONYM_GROUPS}
-
-
 def _chars(text: str, rate: float, rng: random.Random, edit: Callable[[str, str, random.Random], str]) -> str:
     """Apply `edit(char, next_char, rng)` to each letter with probability `rate`."""
     out, i = [], 0
@@ -91,28 +78,20 @@ def _whitespace(text: str, rate: float, rng: random.Random) -> str:
     return "".join(out)
 
 
-def _synonym(text: str, rate: float, rng: random.Random) -> str:
-    def sub(m: re.Match) -> str:
-        word = m.group(0)
-        other = SYNONYMS.get(word.lower())
-        if other is None or rng.random() >= rate:
-            return word
-        return other.capitalize() if word[0].isupper() else other
-
-    return re.sub(r"[A-Za-z]+", sub, text)
-
-
 PERTURBATIONS: dict[str, Callable[[str, float, random.Random], str]] = {
     "swap": lambda t, r, g: _chars(t, r, g, _swap),
     "delete": lambda t, r, g: _chars(t, r, g, _delete),
     "case": lambda t, r, g: _chars(t, r, g, _case),
     "keyboard": lambda t, r, g: _chars(t, r, g, _keyboard),
     "whitespace": _whitespace,
-    "synonym": _synonym,
 }
+# The hand-written synonym list this command once had is replaced by TextAttack's attacks (issue #19).
+RETIRED = {"synonym": "the hand-written synonym list was replaced by TextAttack attacks; use --attack deepwordbug, pruthi or word-deletion"}
 
 
 def perturb(text: str, kind: str, rate: float, seed: int, line: int) -> str:
+    if kind in RETIRED:
+        raise UserError(f"--perturbation {kind}: {RETIRED[kind]}")
     if kind not in PERTURBATIONS:
         raise UserError(f"--perturbations {kind}: unknown; choose from {', '.join(PERTURBATIONS)}")
     # str seeds are hashed with SHA-512 by `random`, so this is stable across processes (unlike hash()).
