@@ -25,8 +25,14 @@ $(VENV)/.demo-installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.demo-installed
+$(VENV)/.installed: $(VENV)/.demo-installed requirements/textattack.txt
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	# TextAttack (`eval robustness --attack`, the `robustness` extra) without its declared dependencies: its flair
+	# needs transformers<5 from flair 0.12 on; 0.11.3 imports under 5. What both import comes from
+	# requirements/textattack.txt, with the versions already installed here held (torch above all).
+	$(BIN)/pip install -q --no-deps "textattack==0.3.11" "flair==0.11.3"
+	$(BIN)/pip freeze | grep -iE '^(torch|transformers|tokenizers|sentencepiece|numpy|httpx|click)==' > $(VENV)/held.txt
+	$(BIN)/pip install -q -c $(VENV)/held.txt -r requirements/textattack.txt
 	# Headless Chromium renders the run report in tests/monitor/test_report.py (Debian package `chromium`).
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
 		|| echo "warning: chromium could not be installed; the report browser test will be skipped"

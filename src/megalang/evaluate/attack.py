@@ -59,7 +59,8 @@ def import_textattack():
     try:
         import textattack
     except ImportError as e:
-        raise UserError(f"--attack needs TextAttack: pip install 'megalang[robustness]' ({e})") from None
+        raise UserError(f"--attack needs TextAttack: pip install --no-deps textattack==0.3.11 flair==0.11.3, then "
+                        f"pip install -r requirements/textattack.txt, as the Makefile does ({e})") from None
     return textattack
 
 
