@@ -10,6 +10,7 @@
     RUN/report.html            a view on the run, rebuilt by `megalang report` (its PNGs in RUN/report_files/)
     RUN/tokenizer/             a copy of the shards' tokenizer, so export and generate need nothing outside
     RUN/sft-data/              data.sft tokenized with the model's tokenizer
+    RUN/classify-data/         data.classify (and data.classify_val) tokenized with the model's tokenizer
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class RunDir:
     @property
     def sft_data(self) -> Path:
         return self.root / "sft-data"
+
+    @property
+    def classify_data(self) -> Path:
+        return self.root / "classify-data"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
