@@ -47,6 +47,25 @@ class DataConfig(Section):
     sft_val_fraction: float = Field(
         0.0, ge=0, lt=1, description="SFT without data.sft_val: examples of data.sft held out for val_loss (by hash)"
     )
+    # --- issue #19: a classifier through label words (see docs/finetuning.md "Classifiers") ---
+    classify: str | None = Field(
+        None, description="labelled JSONL ({text, label} per line): train a classifier on model.pretrained through "
+        "label words (the verbaliser of `eval classify`)"
+    )
+    classify_val: str | None = Field(
+        None, description="classify: held-out labelled JSONL; val_loss, val_accuracy, val_macro_f1 at eval_every"
+    )
+    labels: str | dict[str, str] | None = Field(
+        None, description="classify: verbaliser, label → word ({label: word}, a JSON file or label=word,...); "
+        "default: each label of data.classify is its own word"
+    )
+    class_weights: str | dict[str, float] = Field(
+        "none", description="classify: none, auto (examples / (labels × label count), scikit-learn's 'balanced') "
+        "or {label: weight}"
+    )
+    classify_template: str = Field(
+        "{text}\nLabel:", description="classify: the prompt, with {text}; ' ' + the label word follows (as eval classify)"
+    )
     packing: bool = Field(True, description="SFT: several examples per row (no attention across them); false pads")
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="SFT: an example longer than train.seq_len+1 tokens is truncated or dropped (counted)"

@@ -60,37 +60,15 @@ class Scorer:
 
     @property
     def prefix_id(self) -> int:
-        """The token an empty context is replaced by: BOS, else EOS (lm-eval's `prefix_token_id`)."""
-        bos = self.tokenizer.bos_token_id
-        if bos is not None:
-            return bos
-        if self.eot_id is None:
-            raise UserError("the tokenizer has neither a BOS nor an EOS token; cannot score an empty context")
-        return self.eot_id
+        return prefix_id(self.tokenizer)
 
     # --- tokenisation (lm-eval TemplateLM / HFLM rules) ---------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """The tokenizer's default special tokens, except none when the text already starts with BOS."""
-        bos = self.tokenizer.bos_token
-        kwargs = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
-        return list(self.tokenizer.encode(text, **kwargs))
+        return encode(self.tokenizer, text)
 
     def encode_pair(self, context: str, continuation: str) -> Pair:
-        """Trailing spaces of the context move to the continuation; the continuation's ids are the tail of
-        encode(context + continuation) after len(encode(context)) ids (so a merge across the boundary
-        is scored as lm-eval scores it)."""
-        if context == "":
-            cont = list(self.tokenizer.encode(continuation, add_special_tokens=False))
-            if cont and cont[0] == self.prefix_id:
-                return cont[:1], cont[1:]
-            return [self.prefix_id], cont
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx) :]
+        return encode_pair(self.tokenizer, context, continuation)
 
     # --- scoring ------------------------------------------------------------------------------------
 
@@ -321,3 +299,39 @@ def rolling_windows(tokens: list[int], prefix: int, max_seq_len: int, context_le
         ctx = tokens[max(end - max_seq_len - 1, 0) : end - 1]
         yield ctx[: len(ctx) - (n - 1)], tokens[end - n : end]
         predicted += n
+
+
+# --- tokenisation (lm-eval TemplateLM / HFLM rules), also used to build classifier training rows ------------
+
+
+def prefix_id(tokenizer) -> int:
+    """The token an empty context is replaced by: BOS, else EOS (lm-eval's `prefix_token_id`)."""
+    if tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has neither a BOS nor an EOS token; cannot score an empty context")
+    return tokenizer.eos_token_id
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """The tokenizer's default special tokens, except none when the text already starts with BOS."""
+    bos = tokenizer.bos_token
+    kwargs = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+    return list(tokenizer.encode(text, **kwargs))
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> Pair:
+    """Trailing spaces of the context move to the continuation; the continuation's ids are the tail of
+    encode(context + continuation) after len(encode(context)) ids (so a merge across the boundary
+    is scored as lm-eval scores it)."""
+    if context == "":
+        cont = list(tokenizer.encode(continuation, add_special_tokens=False))
+        if cont and cont[0] == prefix_id(tokenizer):
+            return cont[:1], cont[1:]
+        return [prefix_id(tokenizer)], cont
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = encode(tokenizer, context + continuation)
+    ctx = encode(tokenizer, context)
+    return ctx, whole[len(ctx) :]

@@ -13,6 +13,7 @@
     RUN/canaries.json          data.canaries: the secrets inserted, their template and repeats, and control secrets
     RUN/canaries.jsonl         data.canaries: the canary chats added to the train split (each line once per repeat)
     RUN/privacy.json           written by `megalang eval privacy`: ε beside canary exposure and membership inference
+    RUN/classify-data/         data.classify (and data.classify_val) tokenized with the model's tokenizer
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class RunDir:
     @property
     def privacy(self) -> Path:
         return self.root / "privacy.json"
+
+    @property
+    def classify_data(self) -> Path:
+        return self.root / "classify-data"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -1,9 +1,10 @@
-"""The trainer's fine-tuning hooks: SFT data, LoRA, DP-SGD, SFT val rows.
+"""The trainer's fine-tuning hooks: SFT and classifier data, LoRA, DP-SGD, SFT val rows.
 
-Setup asks this module for: `prepare_data` (the shard manifest, tokenizing `data.sft` with the model's
-tokenizer), `build_loader` (SFT rows, or None for token windows), `wrap_model` (LoRA adapters), `build_finetune`
-(DP-SGD) and `open_val` / `evaluate_sft_loss` (the SFT held-out loss); `FineTune` carries what goes into
-metrics and summary.json. The loss itself is train/objectives.py's, chosen at setup for every run.
+Setup asks this module for: `prepare_data` (the shard manifest, tokenizing `data.sft` or `data.classify` with the
+model's tokenizer), `build_loader` (SFT rows, labelled examples, or None for token windows), `wrap_model` (LoRA
+adapters), `build_finetune` (DP-SGD) and `open_val` / `validator` (the held-out loss of SFT rows, or a classifier's
+val metrics, train/classifier.py); `FineTune` carries what goes into metrics and summary.json. The loss itself is
+train/objectives.py's, chosen at setup for every run.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def prepare_data(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     re-running `megalang train RUN/config.yaml` finds data.sft again and resumes."""
     if cfg.data.sft and cfg.data.shards:
         raise UserError("give either data.sft (a JSONL file) or data.shards (a shard folder), not both")
+    if cfg.data.classify:
+        from megalang.train.classifier_data import prepare_classify_data
+
+        return prepare_classify_data(cfg)  # RUN/classify-data: labelled records, tokenized as eval classify does
+    if cfg.data.classify_val:
+        raise UserError("data.classify_val is the held-out set of data.classify; set data.classify too")
     if (cfg.data.sft_val or cfg.data.sft_val_fraction) and not cfg.data.sft:
         raise UserError("data.sft_val and data.sft_val_fraction split data.sft; for data.shards, tokenize a val split "
                         "with `megalang data tokenize --format sft --set val_input=FILE`")
@@ -116,8 +123,16 @@ def is_sft(manifest: dict[str, Any]) -> bool:
     return manifest.get("format") == "sft"
 
 
+def is_classify(manifest: dict[str, Any]) -> bool:
+    return manifest.get("format") == "classify"
+
+
 def build_loader(cfg: RunConfig, shards: str, manifest: dict[str, Any], rank: int, world: int):
-    """SFT rows for an SFT shard folder; None: the trainer's token-window loader."""
+    """SFT rows for an SFT shard folder, labelled examples for a classifier; None: the trainer's token windows."""
+    if is_classify(manifest):
+        from megalang.train.classifier_data import ClassifyLoader
+
+        return ClassifyLoader(shards, manifest, cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed, rank, world)
     if not is_sft(manifest):
         return None
     from megalang.data.sft import SftLoader
@@ -136,8 +151,9 @@ def check_finetune(cfg: RunConfig, device: torch.device, world: int, accum: int)
 
     check_qlora(cfg.lora, device)
     check_privacy(cfg, accum, world)
-    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.loss.objective == "distill"):
-        raise UserError("LoRA, DP and distillation run on one process for now; launch without torchrun")
+    if world > 1 and (cfg.lora.rank or cfg.privacy.target_epsilon is not None or cfg.loss.objective == "distill"
+                      or cfg.data.classify):
+        raise UserError("LoRA, DP, distillation and classifiers run on one process for now; launch without torchrun")
     if cfg.lora.rank and not cfg.model.pretrained:
         raise UserError("lora.rank > 0 needs model.pretrained=PATH: adapters train on top of a pretrained model")
 
@@ -166,6 +182,10 @@ def build_finetune(cfg: RunConfig, manifest: dict[str, Any], model, optimizer, l
     optimizer, privacy = maybe_make_private(model, optimizer, cfg, loader)
     ft = FineTune(privacy=privacy,
                   sft_stats=getattr(loader, "stats", None), params=param_counts(model))
+    if is_classify(manifest):
+        from megalang.train.classifier import classify_notes
+
+        ft.notes["classify"] = classify_notes(cfg, manifest)
     trainable, total = ft.params
     if trainable != total or cfg.model.pretrained:
         print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
@@ -179,7 +199,7 @@ def build_finetune(cfg: RunConfig, manifest: dict[str, Any], model, optimizer, l
 
 def is_active(cfg: RunConfig, manifest: dict[str, Any]) -> bool:
     """Whether the run needs any of this module (a plain pretraining run keeps the trainer's own loss)."""
-    return bool(is_sft(manifest) or cfg.lora.rank or cfg.privacy.target_epsilon is not None
+    return bool(is_sft(manifest) or is_classify(manifest) or cfg.lora.rank or cfg.privacy.target_epsilon is not None
                 or cfg.loss.objective != "ce" or cfg.model.pretrained)
 
 
@@ -211,9 +231,14 @@ class SftVal:
             yield {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
-def open_val(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> SftVal | None:
-    """The SFT val rows, or None (no val_loss) when the folder has no val split."""
+def open_val(cfg: RunConfig, shards: str, manifest: dict[str, Any]):
+    """The SFT val rows (or a classifier's val examples), or None (no val_loss) when the folder has no val split."""
     from megalang.data.sft import build_rows, read_sft_examples
+
+    if is_classify(manifest):
+        from megalang.train.classifier_data import open_classify_val
+
+        return open_classify_val(cfg, shards, manifest)
 
     if not manifest["splits"].get("val", {}).get("documents"):
         return None
@@ -221,6 +246,19 @@ def open_val(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> SftVal | 
     rows, _stats = build_rows(examples, cfg.train.seq_len, cfg.data.packing, cfg.data.overlong, cfg.seed)
     pad_id = next(v for v in (manifest.get("pad_id"), manifest.get("eos_id"), 0) if v is not None)
     return SftVal(rows, cfg.train.seq_len, cfg.train.micro_batch_size, pad_id) if rows else None
+
+
+def validator(val_split):
+    """The held-out evaluation for these val rows: SFT's val_loss, a classifier's metrics; None: token windows'."""
+    from megalang.train.classifier_data import ClassifyVal
+
+    if isinstance(val_split, SftVal):
+        return evaluate_sft_loss
+    if isinstance(val_split, ClassifyVal):
+        from megalang.train.classifier import evaluate_classifier
+
+        return evaluate_classifier
+    return None
 
 
 @torch.no_grad()

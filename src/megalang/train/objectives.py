@@ -94,6 +94,10 @@ def check_same_vocabulary(teacher_tokenizer, student_vocab: dict[str, int] | Non
 
 def build_objective(cfg, manifest: dict[str, Any], device: torch.device):
     """The loss function the trainer calls per micro-batch."""
+    if manifest.get("format") == "classify":  # data.classify: class-weighted CE over the label words' scores
+        from megalang.train.classifier import build_classify_objective
+
+        return build_classify_objective(cfg, manifest)
     if cfg.loss.objective == "ce":
         return fused_next_token_loss if cfg.loss.fused else next_token_loss
     teacher, tokenizer = load_teacher(cfg.distill, device)

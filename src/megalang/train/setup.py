@@ -123,7 +123,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
     objective = build_objective(cfg, manifest, device)  # after DP's wrapping, as before: a teacher loads here
     val_split = open_val_split(cfg, shards, manifest)
-    validate = finetune.evaluate_sft_loss if isinstance(val_split, finetune.SftVal) else evaluate_lm_loss
+    validate = finetune.validator(val_split) or evaluate_lm_loss
     monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
     t = Trainer(
         cfg=cfg, run_dir=run_dir, device=device, model=model, optimizer=optimizer,
@@ -260,8 +260,8 @@ def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any], verif
 
 def open_val_split(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> TokenSplit | None:
     """The val split, or None (val loss skipped) when the shards hold no window of it."""
-    if finetune.is_sft(manifest):
-        return finetune.open_val(cfg, shards, manifest)  # SFT: rows and assistant-only labels as in training
+    if finetune.is_sft(manifest) or finetune.is_classify(manifest):
+        return finetune.open_val(cfg, shards, manifest)  # rows (or labelled examples) built as in training
     if not manifest["splits"].get("val", {}).get("files"):
         return None
     split = open_split(shards, "val", manifest)
@@ -289,7 +289,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, manifest: dict[str, Any], sha
         path.unlink(missing_ok=True)
     # JSON is valid YAML, and this keeps to the one atomic-write helper; `megalang train config.yaml` re-runs it.
     write_json_atomic(run.config, cfg.model_dump(mode="json"))
-    if cfg.data.sft:  # where data.sft was tokenized: beside the config, never written into it
+    if cfg.data.sft or cfg.data.classify:  # where data.sft / data.classify was tokenized: beside the config, never written into it
         write_json_atomic(run.resolved, {"data.shards": str(Path(shards).resolve())})
     copy_tokenizer(manifest, run.tokenizer)
 

@@ -91,9 +91,10 @@ class Trainer:
     monitor: RunMonitor = field(default_factory=disabled_monitor)  # backends, telemetry, thermal guard (#8)
     finetune: FineTune | None = None  # DP accountant, SFT counts (train/finetune.py)
     # The run's objective, chosen once at setup: objective(model, batch) -> loss (train/objectives.py), and its
-    # held-out loss validate(trainer) -> float | None (train/validate.py, or SFT rows' in train/finetune.py).
+    # held-out evaluation validate(trainer) -> val_loss or {metric: value} | None (train/validate.py, SFT rows' in
+    # train/finetune.py, a classifier's val_loss/val_accuracy/val_macro_f1 in train/classifier.py).
     objective: Callable[[Any, Any], torch.Tensor] | None = None
-    validate: Callable[[Any], float | None] | None = None
+    validate: Callable[[Any], float | dict[str, float] | None] | None = None
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
     faults: FaultPlan = field(default_factory=FaultPlan)  # crash tests only (train/faults.py)
 

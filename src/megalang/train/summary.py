@@ -54,7 +54,9 @@ def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     """From metrics.jsonl, so a resumed run reports the whole run, not only its last leg."""
     records = read_metrics(t.run.metrics)
     losses = [r["loss"] for s, r in records.items() if s <= t.step and r.get("loss") is not None]
-    vals = [r["val_loss"] for s, r in records.items() if s <= t.step and r.get("val_loss") is not None]
+    evaluated = [r for s, r in records.items() if s <= t.step and r.get("val_loss") is not None]
+    vals = [r["val_loss"] for r in evaluated]
+    extra_val = {k: v for k, v in evaluated[-1].items() if k.startswith("val_") and k != "val_loss"} if evaluated else {}
     rate = t.clock.steady_rate()
     if rate is None:  # nothing trained in this call (already complete): the logged rates
         logged = [r["tokens_per_s"] for r in records.values() if r.get("tokens_per_s")]
@@ -63,6 +65,7 @@ def build_summary(t: Trainer, wall_seconds: float) -> dict[str, Any]:
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "val_loss": vals[-1] if vals else None,
+        **extra_val,  # a classifier's val_accuracy, val_macro_f1 at the last evaluation
         "tokens_seen": t.tokens_seen,
         "steps": t.step,
         "trainable_params": count_params(t, trainable=True),

@@ -67,10 +67,10 @@ def train_step(t: Trainer, report: LineReporter) -> None:
     t.step, t.tokens_seen = step, t.tokens_seen + t.tokens_per_step
     t.clock.steps += 1
     t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
-    val_loss = maybe_eval(t)
+    val = maybe_eval(t)
     task_evals = maybe_run_task_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
-    if logging or val_loss is not None or task_evals:
-        log(t, report, loss, lr, grad_norm, val_loss, task_evals)
+    if logging or val is not None or task_evals:
+        log(t, report, loss, lr, grad_norm, val, task_evals)
     maybe_save(t)
 
 
@@ -153,15 +153,18 @@ def optimizer_step(t: Trainer, need_norm: bool, loss: torch.Tensor | None = None
     return norm
 
 
-def maybe_eval(t: Trainer) -> float | None:
-    """Val loss every `eval_every` steps (0: only at the end) and always at the last step."""
+def maybe_eval(t: Trainer) -> dict[str, float] | None:
+    """Val metrics every `eval_every` steps (0: only at the end) and always at the last step: {"val_loss": …},
+    plus val_accuracy and val_macro_f1 for a classifier."""
     every, last = t.cfg.train.eval_every, t.step == t.cfg.train.max_steps
     if t.val_split is None or not (last or (every and t.step % every == 0)):
         return None
     started = time.perf_counter()
-    loss = t.validate(t)  # chosen at setup: pretraining windows or SFT rows
+    result = t.validate(t)  # chosen at setup: pretraining windows, SFT rows or a classifier's labelled examples
     t.clock.paused += time.perf_counter() - started
-    return loss
+    if result is None:
+        return None
+    return result if isinstance(result, dict) else {"val_loss": result}
 
 
 def maybe_run_task_evals(t: Trainer) -> dict[str, float]:
@@ -178,7 +181,7 @@ def maybe_run_task_evals(t: Trainer) -> dict[str, float]:
 
 
 def log(
-    t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val_loss: float | None, evals: dict | None = None
+    t: Trainer, report: LineReporter, loss: torch.Tensor, lr: float, grad_norm, val: dict | None, evals: dict | None = None
 ) -> None:
     """The only place a step reads values back from the device (.item() syncs)."""
     if t.device.type == "cuda":  # the clock must time finished steps, not queued ones (.item() below waits anyway)
@@ -203,8 +206,7 @@ def log(
     values.update(t.health.metrics())  # skipped_steps, spike_skipped_steps
     if t.finetune is not None:
         values.update(t.finetune.metrics())  # DP: epsilon spent so far
-    if val_loss is not None:
-        values["val_loss"] = val_loss
+    values.update(val or {})
     values.update(evals or {})
     report.update(t.step, t.sink.log(t.step, **values))
 
