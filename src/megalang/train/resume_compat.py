@@ -42,6 +42,11 @@ REFUSED = {
     "lora.alpha": "the adapters' scale (what the trained adapter weights mean)",
     "distill.teacher": "the objective's target distribution",
     "privacy": "the (epsilon, delta) accounting covers the whole run with one noise level",
+    "data.classify": "the labelled examples the classifier trains on",
+    "data.labels": "the label words the classifier learns",
+    "data.class_weights": "the loss the run optimises",
+    "data.classify_template": "the prompt every example is trained with",
+    "data.canaries": "which secrets the training stream holds (RUN/canaries.json is what `eval privacy` audits)",
 }
 BENIGN = (
     "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.progress",
@@ -50,7 +55,7 @@ BENIGN = (
     "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
     "checkpoint", "parallel", "run", "metrics", "evals", "launcher", "workers", "ray",
     # data.shards/sft*: where the tokens come from; the tokens themselves are checked by derived.shards_content_sha256
-    "data.verify", "data.shards", "data.sft", "data.sft_val", "data.sft_val_fraction", "lora.dropout", "distill.alpha", "distill.temperature",
+    "data.verify", "data.shards", "data.sft", "data.sft_val", "data.sft_val_fraction", "data.classify_val", "lora.dropout", "distill.alpha", "distill.temperature",
     "derived.world_size", "derived.parallel", "derived.grad_accum", "derived.tokenizer_path", "derived.shards",
 )
 # Benign changes the checkpoint would otherwise override: the optimizer's param groups and the scheduler's
