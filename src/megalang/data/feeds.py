@@ -91,11 +91,10 @@ def load_feed(path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; check the path") from None
-    except (*readers._corrupt_compression_errors(), OSError) as e:  # bz2 reports bad data as OSError
-        if not readers._name(path).lower().endswith(readers.COMPRESSIONS):
+    except (*readers.corrupt_compression_errors(), OSError) as e:
+        if (error := readers.corrupt_file_error(path, e)) is None:
             raise
-        raise UserError(f"{path}: truncated or corrupt {readers._compression_name(path)} "
-                        f"({readers._first_line(e)}); re-create or re-download the file") from None
+        raise error from None
     if len(data) > max_bytes:
         raise UserError(f"{path}: larger than max_bytes ({max_bytes}); a feed is loaded whole: raise max_bytes "
                         "or split the feed")

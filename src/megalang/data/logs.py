@@ -119,7 +119,7 @@ def read_log(path: Path | str, kind: str, window_s: float = 300, max_doc_lines: 
     counts = counts if counts is not None else Counter()
     parse = (_syslog_parser(_reference_time(path, year)) if kind == "syslog" else _log_parser() if kind == "log"
              else _jsonlog_parser(message_field, time_field, host_field))
-    builder = _Builder(readers._name(path), kind, window_s, max_doc_lines, max_doc_bytes, counts)
+    builder = _Builder(readers.file_name(path), kind, window_s, max_doc_lines, max_doc_bytes, counts)
     lineno = blank = 0
     try:
         with readers.open_stream(path) as f:
@@ -144,11 +144,10 @@ def read_log(path: Path | str, kind: str, window_s: float = 300, max_doc_lines: 
                     continue
                 if done := builder.add(parsed, lineno, len(raw)):
                     yield done
-    except (*readers._corrupt_compression_errors(), OSError) as e:  # bz2 reports bad data as OSError
-        if isinstance(e, FileNotFoundError) or not readers._name(path).lower().endswith(readers.COMPRESSIONS):
+    except (*readers.corrupt_compression_errors(), OSError) as e:
+        if (error := readers.corrupt_file_error(path, e)) is None:
             raise
-        raise UserError(f"{path}: truncated or corrupt {readers._compression_name(path)} ({readers._first_line(e)}); "
-                        "re-create or re-download the file") from None
+        raise error from None
     if builder.lines:
         yield builder.emit()
     if blank:

@@ -61,7 +61,7 @@ STRUCTURED_NAME = re.compile(
 def file_format(path: Path | str) -> str | None:
     """'text', 'jsonl', 'json', 'parquet', 'arrow', 'structured' (a log or web archive: read as plain text here,
     by content in `data prepare`), or None for a file type megalang does not read."""
-    name = _name(path).lower()
+    name = file_name(path).lower()
     if STRUCTURED_NAME.search(name):
         return "structured"
     if name.endswith(JSONL_SUFFIXES):
@@ -81,7 +81,7 @@ def file_format(path: Path | str) -> str | None:
     return None
 
 
-def _name(path: Path | str) -> str:
+def file_name(path: Path | str) -> str:
     return path.name if isinstance(path, Path) else str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -148,7 +148,7 @@ def find_remote_files(url: str) -> list[str]:
     except ImportError as e:
         raise UserError(f"{url}: this URL scheme needs an extra package ({e.name or e}); pip install it") from None
     except Exception as e:  # network, auth and DNS errors come as many different types
-        raise UserError(f"{url}: unreachable ({type(e).__name__}: {_first_line(e)}); check the URL and credentials") from None
+        raise UserError(f"{url}: unreachable ({type(e).__name__}: {first_line(e)}); check the URL and credentials") from None
     if not paths:
         raise UserError(f"{url}: matches no files; check the URL")
     return [fs.unstrip_protocol(p) for p in paths]
@@ -226,12 +226,12 @@ def open_raw(path: Path | str):
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; check the URL") from None
     except Exception as e:
-        raise UserError(f"{path}: unreachable ({type(e).__name__}: {_first_line(e)}); check the URL and credentials") from None
+        raise UserError(f"{path}: unreachable ({type(e).__name__}: {first_line(e)}); check the URL and credentials") from None
 
 
 def open_stream(path: Path | str):
     """A binary stream of the decompressed bytes (.gz, .zst, .bz2 by name)."""
-    name = _name(path).lower()
+    name = file_name(path).lower()
     raw = open_raw(path)
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
@@ -244,7 +244,7 @@ def open_stream(path: Path | str):
     return raw
 
 
-def _corrupt_compression_errors() -> tuple[type[BaseException], ...]:
+def corrupt_compression_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (gzip.BadGzipFile, EOFError, zlib.error)
     try:
         import zstandard
@@ -255,8 +255,20 @@ def _corrupt_compression_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _compression_name(path: Path | str) -> str:
-    name = _name(path).lower()
+def corrupt_file_error(path: Path | str, e: BaseException) -> UserError | None:
+    """The one-line UserError for a truncated or corrupt compressed file (every reader's), or None where `e` is
+    something else — a missing file, or an OSError on a file that is not compressed — for the caller to re-raise.
+    bz2 reports bad data as a plain OSError("Invalid data stream"), hence the check on the name."""
+    if isinstance(e, FileNotFoundError):
+        return None
+    if not isinstance(e, corrupt_compression_errors()) and not file_name(path).lower().endswith(COMPRESSIONS):
+        return None
+    return UserError(f"{path}: truncated or corrupt {compression_name(path)} ({first_line(e)}); "
+                     "re-create or re-download the file")
+
+
+def compression_name(path: Path | str) -> str:
+    name = file_name(path).lower()
     return "zstd" if name.endswith(".zst") else "bzip2" if name.endswith(".bz2") else "gzip"
 
 
@@ -268,10 +280,10 @@ def read_text_file(path: Path | str, max_doc_bytes: int) -> str:
     try:
         with open_stream(path) as f:
             data = f.read(max_doc_bytes + 1)
-    except (*_corrupt_compression_errors(), OSError) as e:
+    except (*corrupt_compression_errors(), OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise UserError(f"{path}: truncated or corrupt {_compression_name(path)} ({_first_line(e)}); re-create or re-download the file") from None
+        raise UserError(f"{path}: truncated or corrupt {compression_name(path)} ({first_line(e)}); re-create or re-download the file") from None
     if len(data) > max_doc_bytes:
         raise _too_large(path, f">{max_doc_bytes}", max_doc_bytes)
     if (nul := data.find(b"\0")) >= 0:
@@ -304,12 +316,10 @@ def read_jsonl(path: Path | str, text_field: str, max_doc_bytes: int, on_error: 
                     if on_error is None:
                         raise
                     on_error(e)
-    except _corrupt_compression_errors() as e:
-        raise UserError(f"{path}: truncated or corrupt {_compression_name(path)} ({e}); re-create or re-download the file") from None
-    except OSError as e:  # bz2 reports bad data as OSError("Invalid data stream")
-        if isinstance(e, FileNotFoundError) or not _name(path).lower().endswith(COMPRESSIONS):
+    except (*corrupt_compression_errors(), OSError) as e:
+        if (error := corrupt_file_error(path, e)) is None:
             raise
-        raise UserError(f"{path}: truncated or corrupt {_compression_name(path)} ({e}); re-create or re-download the file") from None
+        raise error from None
 
 
 def parse_jsonl_line(line: bytes, where: str, text_field: str) -> str:
@@ -370,7 +380,7 @@ def read_parquet(path: Path | str, text_field: str, max_doc_bytes: int) -> Itera
     try:
         pf = pq.ParquetFile(open_raw(path) if isinstance(path, str) else path)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)}); re-create it") from None
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(e)}); re-create it") from None
     _check_text_column(path, pf.schema_arrow, text_field)
     batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_field])
     yield from _column_documents(path, batches, max_doc_bytes, "Parquet")
@@ -386,7 +396,7 @@ def read_arrow(path: Path | str, text_field: str, max_doc_bytes: int) -> Iterato
         try:
             reader = pa.ipc.open_file(open_raw(path))
         except (pa.ArrowException, OSError) as e:
-            raise UserError(f"{path}: not a readable Arrow file ({_first_line(e)}); re-save the dataset") from None
+            raise UserError(f"{path}: not a readable Arrow file ({first_line(e)}); re-save the dataset") from None
     _check_text_column(path, reader.schema, text_field)
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
         batches = (reader.get_batch(i).select([text_field]) for i in range(reader.num_record_batches))
@@ -420,12 +430,12 @@ def _column_documents(path, batches, max_doc_bytes: int, what: str) -> Iterator[
                     raise _too_large(f"{path}: row {row}", len(text.encode("utf-8")), max_doc_bytes)
                 yield text, source
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: corrupt {what} data after row {row} ({_first_line(e)}); re-create the file") from None
+        raise UserError(f"{path}: corrupt {what} data after row {row} ({first_line(e)}); re-create the file") from None
 
 
 def _too_large(where, size, limit: int) -> UserError:
     return UserError(f"{where}: document of {size} bytes exceeds max_doc_bytes ({limit}); split it or raise max_doc_bytes")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

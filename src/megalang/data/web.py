@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from megalang.data.readers import OnError, _corrupt_compression_errors, open_raw
+from megalang.data.readers import OnError, corrupt_compression_errors, first_line, open_raw
 from megalang.data.records import Record
 from megalang.errors import UserError
 
@@ -102,7 +102,7 @@ def read_warc(
     stream = _open_decompressed(path)
     try:
         head = stream.read(64 << 10)
-    except _corrupt_compression_errors() + (OSError,) as e:  # bz2 says OSError("Invalid data stream")
+    except corrupt_compression_errors() + (OSError,) as e:  # bz2 says OSError("Invalid data stream")
         _report(_corrupt_file(path, e), on_error, counts)
         return
     finally:
@@ -175,7 +175,7 @@ def _open_decompressed(path: Path | str):
 
 
 def _corrupt_file(path, e: BaseException) -> UserError:
-    return UserError(f"{path}: truncated or corrupt compressed data ({_first_line(e)}); re-create or re-download the file")
+    return UserError(f"{path}: truncated or corrupt compressed data ({first_line(e)}); re-create or re-download the file")
 
 
 def _iter_records(stream, path, on_error: OnError | None, counts: Counter):
@@ -190,12 +190,12 @@ def _iter_records(stream, path, on_error: OnError | None, counts: Counter):
             rec = next(records)
         except StopIteration:
             return
-        except _corrupt_compression_errors() as e:
+        except corrupt_compression_errors() as e:
             error = _corrupt_file(path, e)
         except OSError as e:
             cause = f"record {index}'s Content-Length may be longer than its data" if index else "the file is corrupt"
             error = UserError(f"{path}: record {index + 1}, after {last_id or 'the start'}: invalid WARC header "
-                              f"({_first_line(e)}); {cause}; {_FIX}")
+                              f"({first_line(e)}); {cause}; {_FIX}")
         else:
             index += 1
             last_id = rec.record_id
@@ -294,7 +294,7 @@ def _decode_transfer(body: bytes, headers: dict[str, str], where: str) -> bytes:
 
             return brotli.decompress(body)
     except (zlib.error, _brotli_error()) as e:
-        raise UserError(f"{where}: broken HTTP body: {encoding} data does not decompress ({_first_line(e)}); {_FIX}") from None
+        raise UserError(f"{where}: broken HTTP body: {encoding} data does not decompress ({first_line(e)}); {_FIX}") from None
     return body
 
 
@@ -358,6 +358,3 @@ def _extract(body: bytes, charset: str | None) -> tuple[str, str | None]:
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, comments=False)
     return text, (tree.title or "").strip() or None
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
