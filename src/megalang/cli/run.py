@@ -56,16 +56,18 @@ def launch_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    run: Annotated[str, typer.Option(help="Run folder.")],
-    out_dir: Annotated[str, typer.Option("--out", "-o", help="Output Hugging Face folder.")],
+    run: Annotated[str, typer.Option(help="Run folder (gguf/onnx: also a Hugging Face folder from `megalang export`).")],
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors folder).")] = "hf",
+    quant: Annotated[Optional[str], typer.Option(help="Weight type of the exported file (format-specific).")] = None,
     step: Annotated[Optional[int], typer.Option(help="Checkpoint step (default: the newest complete one).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    merge: Annotated[bool, typer.Option(help="LoRA run: merge the adapters into the base (else: the adapter folder).")] = False,
+    merge: Annotated[bool, typer.Option(help="LoRA run, hf format: merge the adapters into the base (else: the adapter folder).")] = False,
 ):
-    """Write a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads."""
+    """Write a release folder: a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads."""
     from megalang.export import export
 
-    export(run, out_dir, step=step, overwrite=overwrite, merge=merge)
+    export(run, out_dir, step=step, overwrite=overwrite, merge=merge, fmt=fmt, quant=quant)
     out.print(f"exported {out_dir}")
 
 

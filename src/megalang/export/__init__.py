@@ -1,0 +1,53 @@
+"""`megalang export`: a run (or an exported Hugging Face folder) as a release folder in one format.
+
+Formats: `hf` (safetensors + config + tokenizer, export/hf.py). Every format reads its model through
+export/source.py and ends with the folder's manifest.json, which points back at the run so `megalang lineage`
+reaches the raw corpus from the release.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from megalang.errors import UserError
+from megalang.export.hf import apply_generation_defaults
+from megalang.export.source import TOKENIZER_FILES
+from megalang.store.files import staging_dir
+from megalang.store.manifest import write_manifest
+from megalang.store.run_dir import RunDir
+
+__all__ = ["FORMATS", "apply_generation_defaults", "export"]
+
+FORMATS = ("hf",)
+
+
+def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
+           merge: bool = False, fmt: str = "hf", quant: str | None = None) -> dict[str, Any]:
+    """Export `run` (a run folder, or for the edge formats also an exported HF folder) into the folder `out`.
+    A LoRA run in `hf` format exports its peft adapter folder unless `merge`; every other format merges."""
+    from megalang.export.source import load_source
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    run = Path(run)
+    if fmt == "hf":
+        if quant is not None:
+            raise UserError("--quant: the hf format writes fp32 safetensors; drop --quant or pick --format gguf|onnx")
+        if not run.is_dir() or not RunDir.looks_like_run(run):
+            raise UserError(f"{run}: not a run folder (no checkpoints/); pass the run.dir of a `megalang train` run")
+        if not merge:
+            from megalang.model.lora import maybe_export_adapter
+
+            adapter = maybe_export_adapter(run, out, step, overwrite, TOKENIZER_FILES)
+            if adapter is not None:
+                return adapter
+    source = load_source(run, step)
+    with staging_dir(out, overwrite) as tmp:
+        from megalang.export.hf import write_hf
+
+        counts = write_hf(source, tmp)
+        config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
+        if source.run_config is not None:
+            config["model"] = source.run_config.model.model_dump()
+        return write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts, format="huggingface")
