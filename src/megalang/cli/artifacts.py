@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from megalang.cli.app import app, counts_line, err, out, user_errors
+from megalang.errors import UserError
 
 
 def verify(path: str | Path) -> list[str]:
@@ -43,13 +44,20 @@ def verify_cmd(path: Annotated[str, typer.Argument(help="Artifact folder.")]):
 @app.command("lineage")
 @user_errors
 def lineage_cmd(
-    path: Annotated[str, typer.Argument(help="Artifact folder.")],
+    paths: Annotated[list[str], typer.Argument(help="Artifact folder; with --find, the folders to search.")],
+    find: Annotated[Optional[str], typer.Option(help="A document id (the `id` column, 16 hex digits), a raw file, its "
+                                                    "SHA-256 or its recorded path: list every artifact under the "
+                                                    "folders that holds it (erasure requests).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Print the chain of artifacts back to the raw input."""
+    """Print the chain of artifacts back to the raw input; with --find, the artifacts that hold a file or document."""
+    if find is not None:
+        return _find(find, paths, as_json)
+    if len(paths) != 1:
+        raise UserError(f"lineage: one artifact folder, got {len(paths)}; to search several folders pass --find")
     from megalang.store.manifest import lineage
 
-    chain = lineage(path)
+    chain = lineage(paths[0])
     if as_json:
         out.print(json.dumps(chain, indent=2), markup=False)
         return
@@ -60,3 +68,18 @@ def lineage_cmd(
             continue
         raw = f"  raw inputs: {node['raw_inputs']} files, {node['raw_bytes']} bytes" if node["raw_inputs"] else ""
         out.print(f"{pad}{node['stage']}  {node['path']}  sha256:{node['manifest_sha256'][:12]}  {counts_line(node['counts'])}{raw}", markup=False)
+
+
+def _find(query: str, dirs: list[str], as_json: bool) -> None:
+    from megalang.store.lineage import find
+
+    result = find(query, dirs)
+    if as_json:
+        out.print(json.dumps(result, indent=2), markup=False)
+        return
+    if not result["hits"]:
+        out.print(f"not found: no artifact under {', '.join(dirs)} holds {query}", markup=False)
+    for hit in result["hits"]:
+        out.print(f"{'  ' * hit['depth']}{hit['stage']}  {hit['path']}  ({hit['why']})", markup=False)
+    for d in result["dropped"]:
+        out.print(f"not kept: {d['stage']}  {d['path']}  ({d['why']})", markup=False)

@@ -74,9 +74,12 @@ class DocWriter:
         self._buffered_bytes = 0
         self._writer = None
         self._in_file = 0
+        self._index = bytearray()  # per document: 8 bytes of id + 4 of source number (store/lineage.py)
+        self._sources: dict[str, int] = {}
 
     def add(self, doc: Doc, nbytes: int) -> None:
-        self._rows["id"].append(doc_id(doc.text))
+        self._rows["id"].append(ident := doc_id(doc.text))
+        self._index += bytes.fromhex(ident) + self._sources.setdefault(doc.source, len(self._sources)).to_bytes(4, "big")
         self._rows["text"].append(doc.text)
         self._rows["source"].append(doc.source)
         self._rows["kind"].append(doc.kind or None)
@@ -116,6 +119,14 @@ class DocWriter:
         self._flush()
         self._close_file()
         return list(self.files)
+
+    def write_index(self) -> None:
+        """`doc-index.bin` + `doc-sources.json` (store/lineage.py): every kept document's id and source, sorted by
+        id, repeats (a mixture's copies) once, so `megalang lineage --find` answers without reading documents."""
+        from megalang.store.lineage import RECORD, write_doc_index
+
+        records = np.frombuffer(bytes(self._index), dtype=f"V{RECORD}")
+        write_doc_index(self.root, np.unique(records).tobytes(), list(self._sources))
 
 
 # --- reading a prepared folder ----------------------------------------------------------------------

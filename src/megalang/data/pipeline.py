@@ -59,6 +59,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         writer = DocWriter(tmp, cfg.docs_per_file)
         write_survivors(parts, results, keep, writer, merged)
         writer.close()
+        writer.write_index()
         shutil.rmtree(parts)
         if writer.documents == 0:
             removed = ", ".join(f"{name}={st.documents_removed}" for name, st in merged.stats.items())
