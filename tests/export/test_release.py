@@ -213,12 +213,13 @@ def test_lora_adapter_export_names_its_base_model(pipe, keys, tmp_path):
     assert f"artifact:{pipe.export.resolve()}" in next(d["dependsOn"] for d in bom["dependencies"] if d["ref"] == "model")
 
 
-def test_an_export_of_an_export(pipe, signed, tmp_path):
+def test_an_export_of_an_export(pipe, signed, tmp_path, monkeypatch):
+    from megalang.export import bom
     from megalang.export.release import Release
     from megalang.export.source import load_source
 
-    dest = tmp_path / "again"
-    dest.mkdir()
+    dest, plain = tmp_path / "again", tmp_path / "no-bom"
+    dest.mkdir(), plain.mkdir()
     source = load_source(signed)
     files = Release(dest, "hf", None, None).describe_source(dest, source)
     card = ModelCard.load(dest / "README.md")
@@ -226,6 +227,10 @@ def test_an_export_of_an_export(pipe, signed, tmp_path):
     assert "| train | " + str(pipe.run.resolve()) in card.text  # the chain goes on through the run
     assert card.data.megalang["tokens_seen"] == json.loads((pipe.run / "summary.json").read_text())["tokens_seen"]
     assert set(files) >= {"README.md", "DATASHEET.md"} and (dest / "bom.cdx.json").is_file()
+    # Without cyclonedx-python-lib (not in the core install): the card and datasheet, no BOM, and the card says so.
+    monkeypatch.setattr(bom, "bom_available", lambda: False)
+    Release(plain, "hf", None, None).describe_source(plain, source)
+    assert not (plain / "bom.cdx.json").exists() and "No ML-BOM was written" in (plain / "README.md").read_text()
 
 
 def test_dp_run_whose_shards_were_moved(pipe, tmp_path):

@@ -18,6 +18,13 @@ KEY_HELP = ("make a key pair with `openssl ecparam -name prime256v1 -genkey -noo
 _CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model-signing's elliptic-key signer accepts
 
 
+def require_model_signing(option: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("model_signing") is None:
+        raise UserError(f"{option}: signing needs the model-signing library; pip install 'megalang[release]'")
+
+
 def _hashing_config():
     from model_signing import hashing
 
@@ -28,6 +35,7 @@ def _hashing_config():
 def check_private_key(key: str | Path, option: str = "--sign") -> Path:
     """The key file, refused in one line when it is missing or not an unencrypted EC private key in PEM: checked
     before an export starts, so a bad key costs no work and leaves nothing behind."""
+    require_model_signing(option)
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -46,6 +54,7 @@ def check_private_key(key: str | Path, option: str = "--sign") -> Path:
 
 
 def check_public_key(key: str | Path, option: str = "--key") -> Path:
+    require_model_signing(option)
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     path = Path(key)
