@@ -255,3 +255,20 @@ def test_dp_run_whose_shards_were_moved(pipe, tmp_path):
     missing = next(c for c in json.loads(text)["components"] if c["bom-ref"] == f"artifact:{shards}")
     assert {"name": "megalang:status", "value": "missing"} in missing["properties"]
     assert missing["hashes"][0]["content"] == manifest(run)["inputs"][0]["manifest_sha256"]
+
+
+def test_a_run_that_did_not_finish(pipe, tmp_path):
+    """No manifest.json, no summary.json: the inputs come from the checkpoint, the losses from metrics.jsonl.
+    (Through the Release directly: `megalang export` of such a run stops earlier, in describe_input.)"""
+    from megalang.export.release import Release
+    from megalang.export.source import load_source
+
+    run, out = copy_tree(pipe.run, tmp_path / "run"), tmp_path / "out"
+    (run / "manifest.json").unlink(), (run / "summary.json").unlink()
+    out.mkdir()
+    Release(out, "hf", None, None).describe_source(out, load_source(run))
+    text = (out / "README.md").read_text()
+    assert "has no manifest.json (it did not finish); its inputs are read from its checkpoint" in text
+    assert f"| data.tokenize | {pipe.shards.resolve()} | " in text and "### data\n" in (out / "DATASHEET.md").read_text()
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert f"→ {last['loss']:.4g} |" in text

@@ -142,24 +142,29 @@ def gather_facts(name: str, fmt: str, quant: str | None, model, origin: Path, or
     facts.chain, facts.lineage_problem = walk_lineage(origin)
     find_run(facts, origin, origin_kind, run_config)
     if origin_kind == "run" and not facts.chain:  # a run without manifest: its checkpoint names its inputs
+        facts.lineage_problem = (f"the run {origin} has no {MANIFEST} (it did not finish); its inputs are read from "
+                                 "its checkpoint")
         for key in ("shards", "tokenizer_path"):
-            if facts.derived.get(key) and (Path(facts.derived[key]) / MANIFEST).is_file():
-                more, _ = walk_lineage(Path(facts.derived[key]), depth=1)
-                seen = {a.path for a in facts.chain}
-                facts.chain += [a for a in more if a.path not in seen]
-    if facts.base_model and (Path(facts.base_model) / MANIFEST).is_file():
-        base_chain, problem = walk_lineage(Path(facts.base_model), depth=1)
-        seen = {a.path for a in facts.chain}
-        facts.chain += [a for a in base_chain if a.path not in seen]
-        facts.lineage_problem = facts.lineage_problem or problem
+            extend_chain(facts, facts.derived.get(key))
+    extend_chain(facts, facts.base_model)  # a base model megalang exported: its corpus is part of this model's
     return facts
+
+
+def extend_chain(facts: ReleaseFacts, root: str | None) -> None:
+    """Add the lineage of another artifact (one level down) to the facts, each artifact once."""
+    if not root or not (Path(root) / MANIFEST).is_file():
+        return
+    more, problem = walk_lineage(Path(root), depth=1)
+    seen = {a.path for a in facts.chain}
+    facts.chain += [a for a in more if a.path not in seen]
+    facts.lineage_problem = facts.lineage_problem or problem
 
 
 def walk_lineage(root: Path, depth: int = 0) -> tuple[list[Artifact], str | None]:
     """The lineage of `root` with every manifest, the missing ones marked and the changed ones flagged; a
     damaged manifest ends the walk with its one-line problem instead of an exception."""
     if not (root / MANIFEST).is_file():
-        return [], f"{root}: no {MANIFEST} (a run that did not finish); its inputs are not recorded"
+        return [], f"{root}: no {MANIFEST}; its inputs are not recorded"
     try:
         nodes = lineage(root)
     except UserError as e:
