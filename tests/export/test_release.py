@@ -233,28 +233,48 @@ def test_an_export_of_an_export(pipe, signed, tmp_path, monkeypatch):
     assert not (plain / "bom.cdx.json").exists() and "No ML-BOM was written" in (plain / "README.md").read_text()
 
 
-def test_dp_run_whose_shards_were_moved(pipe, tmp_path):
-    """ε from the run's summary; the shards folder is gone, so the card and the BOM say it is missing."""
+def test_dp_run_with_filtered_documents_then_its_prepared_set_moved(pipe, tmp_path):
+    """A corpus where prepare drops documents (a too-short file, a duplicate) and a DP run on it: the card's
+    per-step counts are the manifest's and ε is the run's. Then the prepared set is moved away: exported again,
+    the card and the BOM mark it missing and keep what the shards still say."""
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
-    shards, run, out = copy_tree(pipe.shards, tmp_path / "shards"), tmp_path / "dp", tmp_path / "out"
-    code, lines, _ = cli(*train_args(shards, run, "privacy.target_epsilon=8", "privacy.delta=1e-4", "data.packing=false"))
-    assert code == 0, lines
-    shutil.move(shards, tmp_path / "elsewhere")
-    code, lines, crash = cli("export", "--run", run, "--out", out)
-    assert code == 0 and crash is None, lines
+    corpus = copy_tree(pipe.corpus, tmp_path / "corpus")
+    shutil.copyfile(corpus / "heapq.py", corpus / "heapq_copy.py")
+    (corpus / "short.py").write_text("x = 1\n")
+    data, shards, run = (tmp_path / n for n in ("data", "shards", "dp"))
+    for args in (("data", "prepare", "-i", corpus, "-o", data),
+                 ("data", "tokenize", "-i", data, "--tokenizer", pipe.tokenizer, "-o", shards, "--val-fraction", 0.2),
+                 train_args(shards, run, "privacy.target_epsilon=8", "privacy.delta=1e-4", "data.packing=false"),
+                 ("export", "--run", run, "--out", tmp_path / "out")):
+        code, lines, crash = cli(*args)
+        assert code == 0 and crash is None, lines
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    c = manifest(data)["counts"]
+    assert c["steps"]["length"]["documents_removed"] == 1 and c["steps"]["exact_dedup"]["documents_removed"] == 1
+    for step, st in c["steps"].items():
+        left = st["documents_in"] - st["documents_removed"]
+        assert f"| {step} | {st['documents_in']} | {st['documents_removed']} | {left} |" in card.text
+    assert f"**data** (`megalang data prepare`): {c['files']} raw files, {c['documents_in']} documents read, " \
+           f"{c['documents_out']} kept" in card.text and c["documents_out"] == 6
     summary = json.loads((run / "summary.json").read_text())
-    card = ModelCard.load(out / "README.md")
     assert card.data.megalang["epsilon"] == summary["epsilon"] and 0 < summary["epsilon"] <= 8.1
     assert f"(ε = {summary['epsilon']:.4g}, δ = 0.0001)" in card.text and "DP-SGD" in card.text
-    assert f"| data.tokenize | {shards} | " in card.text and "| missing (moved or deleted" in card.text
-    assert f"**shards** (data.tokenize): missing at {shards}" in card.text
-    text = (out / "bom.cdx.json").read_text()
-    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
-    missing = next(c for c in json.loads(text)["components"] if c["bom-ref"] == f"artifact:{shards}")
+
+    shutil.move(data, tmp_path / "elsewhere")
+    code, lines, crash = cli("export", "--run", run, "--out", tmp_path / "out2")
+    assert code == 0 and crash is None, lines
+    text = (tmp_path / "out2" / "README.md").read_text()
+    assert f"| data.prepare | {data} | " in text and "| missing (moved or deleted" in text
+    assert f"**data** (data.prepare): missing at {data}" in text
+    assert f"{manifest(shards)['counts']['train_tokens']:,} training tokens" in text
+    bom = (tmp_path / "out2" / "bom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(bom) is None
+    missing = next(c for c in json.loads(bom)["components"] if c["bom-ref"] == f"artifact:{data}")
     assert {"name": "megalang:status", "value": "missing"} in missing["properties"]
-    assert missing["hashes"][0]["content"] == manifest(run)["inputs"][0]["manifest_sha256"]
+    assert missing["hashes"][0]["content"] == manifest(shards)["inputs"][0]["manifest_sha256"]
 
 
 def test_a_run_that_did_not_finish(pipe, tmp_path):

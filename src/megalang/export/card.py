@@ -305,6 +305,6 @@ def preprocessing(prepared: list[Artifact]) -> str:
         if decon:
             lines += ["", f"Decontamination against eval sets ({decon.get('mode')}): {fmt_num(decon.get('flagged'))} "
                           "documents flagged."]
-        lines += ["", "The raw data is not copied: it stays at the paths above, named by SHA-256. Rejected "
-                      "documents are sampled in the prepared set's `rejected/` folder.", ""]
+        lines += ["", "The raw data is not copied: it stays at the paths above, named by SHA-256. Samples of "
+                      "rejected documents, when any, are in the prepared set's `rejected/` folder.", ""]
     return "\n".join(lines)
