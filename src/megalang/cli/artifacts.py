@@ -12,33 +12,53 @@ from megalang.cli.app import app, counts_line, err, out, user_errors
 from megalang.errors import UserError
 
 
-def verify(path: str | Path) -> list[str]:
+def verify(path: str | Path, key: str | Path | None = None) -> list[str]:
     """Re-hash an artifact against its manifest and, for a run folder, every complete checkpoint against its
     COMPLETE.json; one line per problem (empty when everything matches). A run still training (or killed) has
-    no manifest yet: its checkpoints are checked alone."""
+    no manifest yet: its checkpoints are checked alone. With `key` (a public key in PEM), also the release's
+    signature (model.sig), one line per file that differs from what was signed."""
     from megalang.store.checkpoints import run_checkpoint_problems
     from megalang.store.manifest import verify_artifact
     from megalang.store.run_dir import RunDir
 
     run = RunDir(Path(path))
+    if key is not None:
+        from megalang.export.sign import check_public_key
+
+        check_public_key(key)  # a missing key file is the user's error (exit 2), before any hashing
     if not run.manifest.is_file() and run.checkpoints.is_dir():
-        return run_checkpoint_problems(run)
-    problems, verified = verify_artifact(path)
-    if run.checkpoints.is_dir():  # files the manifest already verified with the same hash are not read twice
-        problems += run_checkpoint_problems(run, verified)
+        problems = run_checkpoint_problems(run)
+    else:
+        problems, verified = verify_artifact(path)
+        if run.checkpoints.is_dir():  # files the manifest already verified with the same hash are not read twice
+            problems += run_checkpoint_problems(run, verified)
+    if key is not None:
+        problems += signature_problems(path, key, problems)
     return problems
+
+
+def signature_problems(path: str | Path, key: str | Path, known: list[str]) -> list[str]:
+    """One line per file the signature disagrees with, leaving out files the manifest check already named."""
+    from megalang.export.sign import verify_signature
+
+    named = {line.split(": ", 1)[0] for line in known}
+    return [f"{p}: {why}" for p, why in verify_signature(path, key).items() if p not in named]
 
 
 @app.command("verify")
 @user_errors
-def verify_cmd(path: Annotated[str, typer.Argument(help="Artifact folder.")]):
-    """Re-hash an artifact against its manifest; exit 1 naming each mismatching file."""
-    problems = verify(path)
+def verify_cmd(
+    path: Annotated[str, typer.Argument(help="Artifact folder.")],
+    key: Annotated[Optional[str], typer.Option(help="Public key (PEM) of the key that signed the release "
+                                                    "(`megalang export --sign`): also check model.sig.")] = None,
+):
+    """Re-hash an artifact against its manifest (and with --key its signature); exit 1 naming each mismatching file."""
+    problems = verify(path, key)
     for p in problems:
         err.print(f"mismatch: {p}", markup=False)
     if problems:
         raise typer.Exit(1)
-    out.print(f"ok: {path}")
+    out.print(f"ok: {path}" + (f" (signature verified with {key})" if key else ""))
 
 
 @app.command("lineage")

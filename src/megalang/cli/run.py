@@ -63,11 +63,13 @@ def export_cmd(
     step: Annotated[Optional[int], typer.Option(help="Checkpoint step (default: the newest complete one).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     merge: Annotated[bool, typer.Option(help="LoRA run, hf format: merge the adapters into the base (else: the adapter folder).")] = False,
+    sign: Annotated[Optional[str], typer.Option(help="EC private key (PEM) that signs the release into model.sig; "
+                                                     "check with `megalang verify OUT --key PUB.pem`.")] = None,
 ):
     """Write a release folder: a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads."""
     from megalang.export import export
 
-    export(run, out_dir, step=step, overwrite=overwrite, merge=merge, fmt=fmt, quant=quant)
+    export(run, out_dir, step=step, overwrite=overwrite, merge=merge, fmt=fmt, quant=quant, sign=sign)
     out.print(f"exported {out_dir}")
 
 

@@ -1,8 +1,9 @@
 """`megalang export`: a run (or an exported Hugging Face folder) as a release folder in one format.
 
 Formats: `hf` (safetensors + config + tokenizer, export/hf.py). Every format reads its model through
-export/source.py and ends with the folder's manifest.json, which points back at the run so `megalang lineage`
-reaches the raw corpus from the release.
+export/source.py and ends with the release files (export/release.py: model card, datasheet, ML-BOM) and the
+folder's manifest.json, which points back at the run so `megalang lineage` reaches the raw corpus from the
+release; `sign` then signs the folder (export/sign.py).
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ FORMATS = ("hf",)
 
 
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
-           merge: bool = False, fmt: str = "hf", quant: str | None = None) -> dict[str, Any]:
+           merge: bool = False, fmt: str = "hf", quant: str | None = None,
+           sign: str | Path | None = None) -> dict[str, Any]:
     """Export `run` (a run folder, or for the edge formats also an exported HF folder) into the folder `out`.
-    A LoRA run in `hf` format exports its peft adapter folder unless `merge`; every other format merges."""
+    A LoRA run in `hf` format exports its peft adapter folder unless `merge`; every other format merges.
+    `sign`: an EC private key (PEM) that signs the finished folder into model.sig."""
+    from megalang.export.release import Release
     from megalang.export.source import load_source
 
     if fmt not in FORMATS:
         raise UserError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     run = Path(run)
+    release = Release.prepare(out, fmt, quant, sign)  # a bad key fails here, before any model is read
     if fmt == "hf":
         if quant is not None:
             raise UserError("--quant: the hf format writes fp32 safetensors; drop --quant or pick --format gguf|onnx")
@@ -39,7 +44,7 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
         if not merge:
             from megalang.model.lora import maybe_export_adapter
 
-            adapter = maybe_export_adapter(run, out, step, overwrite, TOKENIZER_FILES)
+            adapter = maybe_export_adapter(run, out, step, overwrite, TOKENIZER_FILES, release)
             if adapter is not None:
                 return adapter
     source = load_source(run, step)
@@ -50,4 +55,8 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
         config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
         if source.run_config is not None:
             config["model"] = source.run_config.model.model_dump()
-        return write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts, format="huggingface")
+        files = release.describe_source(tmp, source)  # README.md, DATASHEET.md, bom.cdx.json
+        manifest = write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts,
+                                  known_files=files, format="huggingface")
+        release.seal(tmp)
+        return manifest

@@ -99,9 +99,11 @@ def load_lora_checkpoint(path: str | Path, cfg: RunConfig, merge: bool = True):
     return model.merge_and_unload() if merge else model
 
 
-def maybe_export_adapter(run: Path, out, step: int | None, overwrite: bool, tokenizer_files: dict[str, str]):
+def maybe_export_adapter(run: Path, out, step: int | None, overwrite: bool, tokenizer_files: dict[str, str],
+                         release=None):
     """A LoRA run without --merge: the peft adapter folder (adapter_config.json + safetensors) and tokenizer,
-    loadable with `PeftModel.from_pretrained(base, OUT)`. None for a run without LoRA."""
+    loadable with `PeftModel.from_pretrained(base, OUT)`. None for a run without LoRA. `release` (export/release.py
+    `Release`) adds the model card, datasheet and BOM before the manifest and signs the folder after it."""
     import shutil
 
     from megalang.config import build_config
@@ -122,6 +124,15 @@ def maybe_export_adapter(run: Path, out, step: int | None, overwrite: bool, toke
             if (RunDir(run).tokenizer / src).is_file():
                 shutil.copyfile(RunDir(run).tokenizer / src, tmp / dst)
         trainable, _total = param_counts(model)
-        return write_manifest(tmp, "export", config={"run": str(run.resolve()), "step": step, "merge": False,
-                                                     "base": cfg.model.pretrained},
-                              inputs=[describe_input(run)], counts={"adapter_params": trainable}, format="peft")
+        files = None
+        if release is not None:
+            tokenizer = tmp / "tokenizer.json"
+            files = release.describe(tmp, model, run, "run", cfg, step, tokenizer if tokenizer.is_file() else None,
+                                     fmt="peft")
+        manifest = write_manifest(tmp, "export", config={"run": str(run.resolve()), "step": step, "merge": False,
+                                                         "base": cfg.model.pretrained},
+                                  inputs=[describe_input(run)], counts={"adapter_params": trainable},
+                                  known_files=files, format="peft")
+        if release is not None:
+            release.seal(tmp)
+        return manifest
