@@ -137,24 +137,13 @@ def model_card(facts: ReleaseFacts, dataset_refs: list[str]) -> dict[str, Any]:
     return card
 
 
-def bom_available() -> bool:
-    """cyclonedx-python-lib is in the `release` extra: without it an export has its card and datasheet, no BOM."""
-    import importlib.util
-
-    return importlib.util.find_spec("cyclonedx") is not None
-
-
 def check_schema(text: str) -> None:
-    """The library's strict validator against the CycloneDX 1.6 JSON schema; a failure is a bug here. Skipped only
-    when the library was installed without its json-validation extra (jsonschema)."""
-    from cyclonedx.exception import MissingOptionalDependencyException
+    """The library's strict validator against the CycloneDX 1.6 JSON schema (its json-validation extra is a core
+    dependency); a failure is a bug here."""
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
-    try:
-        error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
-    except MissingOptionalDependencyException:
-        return
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     if error is not None:
         raise RuntimeError(f"bom.cdx.json does not validate against CycloneDX 1.6: {error}")
 

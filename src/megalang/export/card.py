@@ -83,8 +83,7 @@ def intro(facts: ReleaseFacts) -> str:
     return (f"A {facts.architecture or 'causal'} language model of {facts.params:,} parameters trained with megalang "
             f"({facts.objective()}), exported as `{facts.fmt}`{quant}. Every number on this card is read from the "
             f"manifests of the artifacts that made it; `{DATASHEET}` describes the training corpus"
-            + ("; `bom.cdx.json` lists the files, datasets and libraries (CycloneDX ML-BOM)." if facts.bom else
-               ". No ML-BOM was written: `pip install 'megalang[release]'` adds cyclonedx-python-lib."))
+            + "; `bom.cdx.json` lists the files, datasets and libraries (CycloneDX ML-BOM).")
 
 
 def model_section(facts: ReleaseFacts) -> str:

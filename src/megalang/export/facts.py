@@ -70,7 +70,6 @@ class ReleaseFacts:
     base_model: str | None = None
     libraries: dict[str, str] = field(default_factory=dict)
     signed: bool = False
-    bom: bool = False  # bom.cdx.json is written (cyclonedx-python-lib installed)
 
     def stage(self, *names: str) -> list[Artifact]:
         return [a for a in self.chain if a.stage in names and not a.missing]

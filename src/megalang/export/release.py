@@ -28,17 +28,16 @@ class Release:
                  tokenizer_json: Path | None, fmt: str | None = None) -> dict[str, dict[str, Any]]:
         """Write the model card, the datasheet and the ML-BOM into the staging folder `dest`; returns the hashes
         of the files the BOM lists, which the manifest takes instead of reading the weights again."""
-        from megalang.export.bom import BOM, bom_available, write_bom
+        from megalang.export.bom import BOM, write_bom
         from megalang.export.card import write_card
         from megalang.export.facts import gather_facts
 
         facts = gather_facts(self.out.name, fmt or self.fmt, self.quant, model, origin, origin_kind, run_config, step,
                              tokenizer_json, library_versions())
-        facts.signed, facts.bom = self.sign_key is not None, bom_available()
+        facts.signed = self.sign_key is not None
         write_card(facts, dest)
         files = hash_files(dest, exclude=(MANIFEST, BOM))
-        if facts.bom:
-            write_bom(facts, dest, files)
+        write_bom(facts, dest, files)
         return files
 
     def describe_source(self, dest: Path, source) -> dict[str, dict[str, Any]]:
