@@ -273,17 +273,21 @@ def test_dp_run_with_filtered_documents_then_its_prepared_set_moved(pipe, tmp_pa
 
 
 def test_a_run_that_did_not_finish(pipe, tmp_path):
-    """No manifest.json, no summary.json: the inputs come from the checkpoint, the losses from metrics.jsonl.
-    (Through the Release directly: `megalang export` of such a run stops earlier, in describe_input.)"""
-    from megalang.export.release import Release
-    from megalang.export.source import load_source
+    """No manifest.json, no summary.json: the inputs come from the checkpoint, the losses from metrics.jsonl; the
+    export names the run by the checkpoint it read, verifies, and `lineage --find` reaches it through the run."""
+    from megalang.store.lineage import find
 
     run, out = copy_tree(pipe.run, tmp_path / "run"), tmp_path / "out"
     (run / "manifest.json").unlink(), (run / "summary.json").unlink()
-    out.mkdir()
-    Release(out, "hf", None, None).describe_source(out, load_source(run))
+    code, lines, crash = cli("export", "--run", run, "--out", out)
+    assert code == 0 and crash is None, lines
     text = (out / "README.md").read_text()
     assert "has no manifest.json (it did not finish); its inputs are read from its checkpoint" in text
     assert f"| data.tokenize | {pipe.shards.resolve()} | " in text and "### data\n" in (out / "DATASHEET.md").read_text()
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert f"→ {last['loss']:.4g} |" in text
+    (source,) = json.loads((out / "manifest.json").read_text())["inputs"]
+    assert (source["stage"], source["manifest_sha256"], source["checkpoint"]) == ("train", None, "step-2")
+    assert cli("verify", out)[0] == 0
+    hits = find(str(pipe.corpus / "heapq.py"), [pipe.data, pipe.tokenizer, pipe.shards, tmp_path])["hits"]
+    assert {h["path"] for h in hits} >= {str(run.resolve()), str(out.resolve())}

@@ -32,7 +32,16 @@ class Source:
     step: int | None
 
     def input(self) -> dict[str, Any]:
-        """How the exported artifact names what it came from (store/manifest.py describe_input)."""
+        """How the exported artifact names what it came from (store/manifest.py describe_input). A run that has no
+        manifest yet (still training, or killed) is named by the checkpoint exported and its COMPLETE.json hash."""
+        if self.kind == "run" and not (self.path / MANIFEST).is_file():
+            from megalang.store.checkpoints import find_checkpoint
+            from megalang.store.files import sha256_file
+            from megalang.store.run_dir import COMPLETE
+
+            ckpt = find_checkpoint(self.path, self.step)
+            return {"path": str(self.path.resolve()), "kind": "artifact", "stage": "train", "manifest_sha256": None,
+                    "checkpoint": ckpt.name, "complete_sha256": sha256_file(ckpt / COMPLETE)}
         return describe_input(self.path)
 
 

@@ -128,7 +128,7 @@ def verify_artifact(root: str | os.PathLike) -> tuple[list[str], dict[str, str]]
         else:
             verified[str(p)] = expected
     for inp in manifest.get("inputs", []):
-        if inp.get("kind") == "artifact" and Path(inp["path"]).is_dir():
+        if inp.get("kind") == "artifact" and inp.get("manifest_sha256") and Path(inp["path"]).is_dir():
             actual = sha256_file(Path(inp["path"]) / MANIFEST)
             if actual != inp["manifest_sha256"]:
                 problems.append(f"{inp['path']}/{MANIFEST}: input artifact changed since {root} was made")
