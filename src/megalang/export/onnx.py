@@ -34,6 +34,7 @@ from megalang.export.source import Source
 QUANTS = ("int8",)
 SUPPORTED = ("llama",)  # model_type values whose cache is one plain DynamicCache layer per block (tested: Llama)
 MODEL_FILE = "model.onnx"
+FP32_MODULES = (".mlp.down_proj",)  # kept fp32 by --quant int8 (quantize_int8 says why)
 OPSET = 18
 _TWO_GB = 2 * 1024**3  # protobuf's limit for one file: larger weights go to external data beside model.onnx
 
@@ -111,17 +112,35 @@ def export_graph(model, path: Path) -> None:
 
 
 def quantize_int8(path: Path) -> None:
-    """Replace the fp32 graph at `path` by ONNX Runtime's dynamic int8 quantisation of it (int8 weights of MatMul and
-    Gather, activations quantised per call); only the final model stays in the folder."""
+    """Replace the fp32 graph at `path` by ONNX Runtime's dynamic int8 quantisation of it; only the final model stays
+    in the folder. Weights int8 per output channel (MatMul) or per tensor (the embedding Gather); activations are
+    quantised per tensor at run time, which is why the MLP down projections stay fp32: their inputs carry the few
+    huge activations of Llama models, and one scale for the whole tensor wipes out the rest. On SmolLM2-135M
+    (512 held-out tokens) perplexity rises 62 % with every MatMul quantised per tensor, 5.5 % as done here."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_name("model.int8.onnx")
     with quiet_logger(""):  # the root logger's advice to pre-process, which is for static (calibrated) quantisation
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=nodes_in_modules(path, FP32_MODULES))
     for f in path.parent.iterdir():
         if f.name.startswith(MODEL_FILE):  # the fp32 graph and any external data beside it
             f.unlink()
     tmp.rename(path)
+
+
+def nodes_in_modules(path: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Names of the graph's nodes made inside a torch module whose name ends with one of `suffixes`, from the module
+    path the dynamo exporter records on every node (metadata `pkg.torch.onnx.name_scopes`)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = []
+    for node in graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if any(f"{suffix}'" in scopes for suffix in suffixes):
+            found.append(node.name)
+    return found
 
 
 @contextlib.contextmanager
