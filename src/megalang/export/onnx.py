@@ -30,10 +30,10 @@ import torch
 
 from megalang.errors import UserError
 from megalang.export.source import Source
+from megalang.model.onnxrt import MODEL_FILE
 
 QUANTS = ("int8",)
 SUPPORTED = ("llama",)  # model_type values whose cache is one plain DynamicCache layer per block (tested: Llama)
-MODEL_FILE = "model.onnx"
 FP32_MODULES = (".mlp.down_proj",)  # kept fp32 by --quant int8 (quantize_int8 says why)
 OPSET = 18
 _TWO_GB = 2 * 1024**3  # protobuf's limit for one file: larger weights go to external data beside model.onnx
