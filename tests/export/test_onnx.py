@@ -161,6 +161,9 @@ def test_bad_input_one_line_and_nothing_written(tiny, tmp_path):
     assert "model type 'gpt2' is not supported by the ONNX export" in error_line(
         "export", "--run", gpt2, "--out", out, "--format", "onnx")
     assert not out.exists() and not (tmp_path / "out.tmp").exists()
+    # The evals load PyTorch weights: an ONNX folder is refused by name, not as a folder missing safetensors.
+    assert "an ONNX export runs only in `megalang generate`" in error_line(
+        "eval", "perplexity", "--model", tiny[1], "--data", p.shards)
 
 
 # --- SmolLM2-135M ----------------------------------------------------------------------------------------------
