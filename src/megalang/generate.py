@@ -23,6 +23,12 @@ def generate(
 
     if max_new_tokens < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
         raise UserError("need --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
+    from megalang.model.onnxrt import is_onnx_folder
+
+    if is_onnx_folder(model):  # backend `onnxruntime`: an ONNX export folder (model.onnx, manifest format onnx)
+        from megalang.model.onnxrt import generate_onnx
+
+        return generate_onnx(model, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     loaded = load_model_for_inference(model)
     return generate_text(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
 

@@ -72,6 +72,31 @@ def test_merged_export_loads_in_plain_transformers(lora_run, tmp_path):
     assert tok.chat_template  # the model's chat template travels with the export
 
 
+def test_onnx_export_of_a_lora_run_is_merged(lora_run, tiny_pretrained, tmp_path):
+    """`export --format onnx` merges the adapters (export/source.py): ONNX Runtime's logits equal the peft model's."""
+    pytest.importorskip("onnxruntime", reason="pip install 'megalang[onnx]'")
+    from megalang.export import export
+    from megalang.model.lora import load_lora_checkpoint
+    from megalang.model.onnxrt import OnnxModel
+    from megalang.store.checkpoints import find_checkpoint, read_run_config
+
+    run, _ = lora_run
+    manifest = export(run, tmp_path / "onnx", fmt="onnx")
+    assert manifest["format"] == "onnx"
+    ckpt = find_checkpoint(run)
+    peft_model = load_lora_checkpoint(ckpt, RunConfig.model_validate(read_run_config(ckpt)["config"]), merge=False)
+    ids = [[1, 5, 9, 200, 7]]
+    with torch.no_grad():
+        expected = peft_model(input_ids=torch.tensor(ids)).logits.numpy()
+    got = OnnxModel(tmp_path / "onnx").logits(ids)
+    assert abs(got - expected).max() < 1e-4
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert abs(got - base(input_ids=torch.tensor(ids)).logits.numpy()).max() > 1e-3  # the adapters are in it
+
+
 def test_a_lora_run_loads_for_generation_with_the_pretrained_tokenizer(lora_run):
     """`megalang generate --model RUN` on a run from model.pretrained: the run's tokenizer copy is the pretrained
     model's Hugging Face tokenizer (not a `tokenizer train` artifact), chat template included."""

@@ -58,8 +58,8 @@ def launch_cmd(
 def export_cmd(
     run: Annotated[str, typer.Option(help="Run folder (gguf/onnx: also a Hugging Face folder from `megalang export`).")],
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors folder).")] = "hf",
-    quant: Annotated[Optional[str], typer.Option(help="Weight type of the exported file (format-specific).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors folder) | onnx (model.onnx for ONNX Runtime).")] = "hf",
+    quant: Annotated[Optional[str], typer.Option(help="Weight type of the exported file (format-specific; onnx: int8).")] = None,
     step: Annotated[Optional[int], typer.Option(help="Checkpoint step (default: the newest complete one).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     merge: Annotated[bool, typer.Option(help="LoRA run, hf format: merge the adapters into the base (else: the adapter folder).")] = False,
@@ -76,7 +76,7 @@ def export_cmd(
 @app.command("generate")
 @user_errors
 def generate_cmd(
-    model: Annotated[str, typer.Option(help="Exported folder or run folder.")],
+    model: Annotated[str, typer.Option(help="Exported folder (an onnx one runs in ONNX Runtime) or run folder.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,

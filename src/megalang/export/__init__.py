@@ -1,9 +1,9 @@
 """`megalang export`: a run (or an exported Hugging Face folder) as a release folder in one format.
 
-Formats: `hf` (safetensors + config + tokenizer, export/hf.py). Every format reads its model through
-export/source.py and ends with the release files (export/release.py: model card, datasheet, ML-BOM) and the
-folder's manifest.json, which points back at the run so `megalang lineage` reaches the raw corpus from the
-release; `sign` then signs the folder (export/sign.py).
+Formats: `hf` (safetensors + config + tokenizer, export/hf.py), `onnx` (model.onnx for ONNX Runtime, fp32 or
+dynamic int8, export/onnx.py). Every format reads its model through export/source.py and ends with the release
+files (export/release.py: model card, datasheet, ML-BOM) and the folder's manifest.json, which points back at the
+run so `megalang lineage` reaches the raw corpus from the release; `sign` then signs the folder (export/sign.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from megalang.store.run_dir import RunDir
 
 __all__ = ["FORMATS", "apply_generation_defaults", "export"]
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "onnx")
+MANIFEST_FORMAT = {"hf": "huggingface", "onnx": "onnx"}  # the manifest's `format` field
 
 
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
@@ -47,16 +48,30 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
             adapter = maybe_export_adapter(run, out, step, overwrite, TOKENIZER_FILES, release)
             if adapter is not None:
                 return adapter
+    if fmt == "onnx":
+        from megalang.export.onnx import check_quant, require_onnx
+
+        check_quant(quant)
+        require_onnx()
     source = load_source(run, step)
     with staging_dir(out, overwrite) as tmp:
-        from megalang.export.hf import write_hf
-
-        counts = write_hf(source, tmp)
+        counts = write_format(source, tmp, fmt, quant)
         config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
         if source.run_config is not None:
             config["model"] = source.run_config.model.model_dump()
         files = release.describe_source(tmp, source)  # README.md, DATASHEET.md, bom.cdx.json
         manifest = write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts,
-                                  known_files=files, format="huggingface")
+                                  known_files=files, format=MANIFEST_FORMAT[fmt])
         release.seal(tmp)
         return manifest
+
+
+def write_format(source, dest: Path, fmt: str, quant: str | None) -> dict[str, Any]:
+    """Write `source` in format `fmt` into the staging folder `dest`; the counts for the manifest."""
+    if fmt == "onnx":
+        from megalang.export.onnx import write_onnx
+
+        return write_onnx(source, dest, quant)
+    from megalang.export.hf import write_hf
+
+    return write_hf(source, dest)

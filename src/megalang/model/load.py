@@ -27,6 +27,9 @@ def load_model_for_inference(path: str | Path, step: int | None = None, field: s
     if path.is_dir() and RunDir.looks_like_run(path):
         model, _cfg = load_trained_model(path, step=step)
         return LoadedModel(model, run_tokenizer(RunDir(path).tokenizer), "run", path)
+    if path.is_dir() and (path / "model.onnx").is_file():  # export/onnx.py: no PyTorch weights to load
+        raise UserError(f"{field}={path}: an ONNX export runs only in `megalang generate`; pass the run or its "
+                        "--format hf export")
     if path.is_dir() and (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
