@@ -1,6 +1,6 @@
 """`megalang export`: a run (or an exported Hugging Face folder) as a release folder in one format.
 
-Formats: `hf` (safetensors + config + tokenizer, export/hf.py). Every format reads its model through
+Formats: `hf` (safetensors + config + tokenizer, export/hf.py), `gguf` (one llama.cpp file, export/gguf.py). Every format reads its model through
 export/source.py and ends with the folder's manifest.json, which points back at the run so `megalang lineage`
 reaches the raw corpus from the release.
 """
@@ -19,7 +19,7 @@ from megalang.store.run_dir import RunDir
 
 __all__ = ["FORMATS", "apply_generation_defaults", "export"]
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "gguf")
 
 
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
@@ -42,12 +42,25 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
             adapter = maybe_export_adapter(run, out, step, overwrite, TOKENIZER_FILES)
             if adapter is not None:
                 return adapter
-    source = load_source(run, step)
-    with staging_dir(out, overwrite) as tmp:
-        from megalang.export.hf import write_hf
+    if fmt == "gguf":
+        from megalang.export.gguf import check_quant
 
-        counts = write_hf(source, tmp)
+        quant = check_quant(quant)  # before the (slow) model load
+    source = load_source(run, step)
+    if fmt == "gguf":
+        from megalang.export.gguf import check_architecture
+
+        check_architecture(source.model.config)  # before anything is written
+    with staging_dir(out, overwrite) as tmp:
         config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
         if source.run_config is not None:
             config["model"] = source.run_config.model.model_dump()
+        if fmt == "gguf":
+            from megalang.export.gguf import write_gguf
+
+            counts = write_gguf(source, tmp, quant)
+            return write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts, format="gguf")
+        from megalang.export.hf import write_hf
+
+        counts = write_hf(source, tmp)
         return write_manifest(tmp, "export", config=config, inputs=[source.input()], counts=counts, format="huggingface")

@@ -12,10 +12,34 @@ from megalang.store.run_dir import RunDir
 
 @dataclass
 class LoadedModel:
-    model: Any  # transformers PreTrainedModel, eval mode
-    tokenizer: Any  # transformers PreTrainedTokenizerFast
-    kind: str  # "run", "export" or "gguf"
+    model: Any  # transformers PreTrainedModel, eval mode (kind "llama.cpp": a model/llamacpp.py LlamaCppModel)
+    tokenizer: Any  # transformers PreTrainedTokenizerFast (kind "llama.cpp": LlamaCppTokenizer)
+    kind: str  # "run", "export", "gguf" (dequantised in transformers) or "llama.cpp"
     path: Path
+
+
+# Who runs a model: transformers for every kind of model; llama.cpp for GGUF files (the default for them).
+BACKENDS = ("auto", "transformers", "llama.cpp")
+
+
+def choose_backend(path: str | Path, backend: str = "auto", field: str = "--model") -> tuple[str, Path]:
+    """(the backend that runs `path`, the path to load): `auto` is llama.cpp for a .gguf file or a folder holding
+    exactly one .gguf (and no config.json), transformers for everything else."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if path.is_dir() and not (path / "config.json").is_file() and not RunDir.looks_like_run(path):
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) > 1:
+            raise UserError(f"{path}: holds {len(ggufs)} .gguf files; pass {field} one of them")
+        path = ggufs[0] if ggufs else path
+    is_gguf = path.is_file() and path.suffix == ".gguf"
+    if backend == "llama.cpp" and not is_gguf:
+        raise UserError(f"{path}: --backend llama.cpp runs .gguf files; export one with `megalang export --format gguf` "
+                        "or use --backend transformers")
+    if backend == "auto":
+        backend = "llama.cpp" if is_gguf else "transformers"
+    return backend, path
 
 
 def load_model_for_inference(path: str | Path, step: int | None = None, field: str = "--model") -> LoadedModel:
