@@ -8,12 +8,13 @@ reaches the raw corpus from the release.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from megalang.errors import UserError
 from megalang.export.hf import apply_generation_defaults
 from megalang.export.source import TOKENIZER_FILES
-from megalang.store.files import staging_dir
+from megalang.store.files import read_json, staging_dir
 from megalang.store.manifest import write_manifest
 from megalang.store.run_dir import RunDir
 
@@ -43,9 +44,11 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
             if adapter is not None:
                 return adapter
     if fmt == "gguf":
-        from megalang.export.gguf import check_quant
+        from megalang.export.gguf import check_architecture, check_quant
 
         quant = check_quant(quant)  # before the (slow) model load
+        if (run / "config.json").is_file():  # an exported folder: its architecture too
+            check_architecture(SimpleNamespace(**read_json(run / "config.json", "model config")))
     source = load_source(run, step)
     if fmt == "gguf":
         from megalang.export.gguf import check_architecture

@@ -53,8 +53,8 @@ def check_quant(quant: str | None) -> str:
 def check_architecture(config) -> None:
     """The writer knows the plain Llama block (RMSNorm, rotary, SwiGLU, no biases); anything else is refused."""
     problems = []
-    if config.model_type != "llama":
-        problems.append(f"model_type '{config.model_type}'")
+    if getattr(config, "model_type", None) != "llama":
+        problems.append(f"model_type '{getattr(config, 'model_type', None)}'")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         problems.append("attention/MLP biases")
     if getattr(config, "hidden_act", "silu") != "silu":

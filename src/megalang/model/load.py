@@ -96,7 +96,26 @@ def load_gguf(path: Path) -> LoadedModel:
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: cannot load as a GGUF model ({str(e).splitlines()[0]})") from None
     model.eval()
-    return LoadedModel(model, tokenizer, "gguf", path)
+    return LoadedModel(model, match_gguf_tokenizer(tokenizer, path), "gguf", path)
+
+
+def match_gguf_tokenizer(tokenizer, path: Path):
+    """transformers reads every "llama" (SentencePiece) GGUF vocabulary as Llama 2's: a "▁" put before the text and
+    special-token text parsed as the token. A file that says add_space_prefix=false (megalang's own tokenizers,
+    export/gguf_vocab.py) gets neither, so it encodes as the tokenizer it was exported from and as llama.cpp does."""
+    from gguf import GGUFReader
+    from tokenizers import decoders, pre_tokenizers
+
+    fields = GGUFReader(path).fields
+    if "tokenizer.ggml.add_space_prefix" not in fields or fields["tokenizer.ggml.model"].contents() != "llama":
+        return tokenizer
+    if fields["tokenizer.ggml.add_space_prefix"].contents():
+        return tokenizer
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.split_special_tokens = True
+    return tokenizer
 
 
 def load_trained_model(run_dir: str | Path, step: int | None = None):
