@@ -175,24 +175,35 @@ def test_tokenizer_bpe_matches_smollm2(smol):
     assert_same_tokens(files["f16"], AutoTokenizer.from_pretrained(folder), STRINGS + [HELD_OUT])
 
 
+def tiny_llama(smol_folder: Path, dest: Path, pre_tokenizer: dict | None = None) -> Path:
+    """A 1-layer, 64-wide random Llama with SmolLM2's tokenizer and chat template (optionally another
+    pre-tokenizer), as a pretrained Hugging Face folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    shutil.copytree(smol_folder, dest, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "manifest.json"))
+    if pre_tokenizer is not None:
+        data = json.loads((dest / "tokenizer.json").read_text(encoding="utf-8"))
+        data["pre_tokenizer"] = pre_tokenizer
+        (dest / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(dest)), hidden_size=64,
+                                 intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                                 pad_token_id=2)).save_pretrained(dest)
+    return dest
+
+
 def test_smollm_pre_tokenizer_special_tokens_and_chat_template(smol, tmp_path):
     """SmolLM2's hub tokenizer splits digits before the byte-level regex (llama.cpp's "smollm"): a tiny Llama with
     that tokenizer exports with that name and tokenises numbers as transformers does; the chat template and the
     special tokens travel in the file."""
     from gguf import GGUFReader
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    folder = tmp_path / "hf"
-    shutil.copytree(smol[0], folder, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "manifest.json"))
-    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, data["pre_tokenizer"]]}
-    (folder / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    pre = json.loads((smol[0] / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]
+    folder = tiny_llama(smol[0], tmp_path / "hf", {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, pre]})
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                 bos_token_id=1, eos_token_id=2, pad_token_id=2)).save_pretrained(folder)
     write_manifest(folder, "export", config={}, inputs=[], counts={})
     gguf = exported(folder, tmp_path / "out", "f16")
     assert_same_tokens(gguf, tokenizer, STRINGS + ["pi is 3.14159 and 2024-12-05"])
@@ -205,6 +216,39 @@ def test_smollm_pre_tokenizer_special_tokens_and_chat_template(smol, tmp_path):
     assert value["tokenizer.ggml.unknown_token_id"] == 0 and value["tokenizer.ggml.padding_token_id"] == 2
     assert value["tokenizer.ggml.add_bos_token"] is False
     assert fields["tokenizer.chat_template"].contents() == (folder / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def test_lora_run_exports_merged(smol, tmp_path):
+    """A LoRA run on a pretrained folder exports its merged weights: the f32 file's logits in llama.cpp are the
+    merged model's."""
+    from megalang.config import RunConfig, load_config
+    from megalang.model.load import load_trained_model
+    from megalang.train.trainer import train
+
+    base = tiny_llama(smol[0], tmp_path / "base")
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps({"prompt": q, "completion": "BANANA."}) + "\n" for q in ("Hi?", "Why?")),
+                     encoding="utf-8")
+    train(load_config(RunConfig, None, [
+        f"model.pretrained={base}", f"data.sft={chats}", f"run.dir={tmp_path / 'run'}", "train.seq_len=32",
+        "train.micro_batch_size=2", "train.max_steps=3", "optimizer.lr=3e-2", "schedule.warmup_steps=1",
+        "checkpoint.every=0", "metrics.report=false", "train.progress=false", "lora.rank=4",
+        "lora.targets=[q_proj,k_proj,v_proj]"]))
+    gguf = exported(tmp_path / "run", tmp_path / "out", "f32")
+    merged, _ = load_trained_model(tmp_path / "run")
+    ids = [2, 19556, 905, 28, 1, 4093, 198, 1694, 1]
+    with torch.no_grad():
+        expected = merged(torch.tensor([ids])).logits[0].numpy()
+    with load_llamacpp(gguf, n_ctx=len(ids), n_threads=1) as llm:
+        from megalang.model.llamacpp import token_logits
+
+        got = token_logits(llm, ids)
+        assert np.abs(got - expected).max() < 1e-3, np.abs(got - expected).max()
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(base).eval()(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(before - expected).max() > 1e-2, "the adapters changed nothing; the test would not see a merge"
 
 
 # --- transformers round trip, generation, evals ---------------------------------------------------------------
