@@ -27,9 +27,10 @@ def generate(
         raise UserError("need --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
     backend, path = choose_backend(model, backend)
     if backend == "llama.cpp":
-        from megalang.model.llamacpp import load_llamacpp
+        from megalang.model.llamacpp import gguf_context_length, load_llamacpp
 
-        with load_llamacpp(path, logits_all=False) as llm:
+        # At least 2048 positions, as transformers generates past a small model's training length too.
+        with load_llamacpp(path, n_ctx=min(max(gguf_context_length(path), 2048), 4096), logits_all=False) as llm:
             return generate_text_llamacpp(llm, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     loaded = load_model_for_inference(path)
     return generate_text(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)

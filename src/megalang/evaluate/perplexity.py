@@ -94,9 +94,9 @@ def perplexity(
     backend, path = choose_backend(model, backend)
     tokens = open_split(data, split, manifest)
     if backend == "llama.cpp":
-        from megalang.model.llamacpp import load_llamacpp
+        from megalang.model.llamacpp import gguf_context_length, load_llamacpp
 
-        seq_len = seq_len or min(_gguf_context(path), 1024)
+        seq_len = seq_len or min(gguf_context_length(path), 1024)
         with load_llamacpp(path, n_ctx=seq_len + 1) as llm:
             _check_vocab(data, manifest, llm.vocab_size)
             result = evaluate_perplexity_llamacpp(llm, tokens, seq_len, max_batches * batch_size if max_batches else None)
@@ -127,16 +127,6 @@ def _check_vocab(data: str, manifest: dict[str, Any], vocab: int) -> None:
             f"{data}: shards use a vocabulary of {manifest['vocab_size']} ids but the model has {vocab}; "
             "tokenize the data with the model's tokenizer"
         )
-
-
-def _gguf_context(path: Path) -> int:
-    """The training context a GGUF file states (its `<arch>.context_length`)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    arch = reader.get_field("general.architecture").contents()
-    field = reader.get_field(f"{arch}.context_length")
-    return int(field.contents()) if field is not None else 2048
 
 
 def _default_seq_len(loaded) -> int:

@@ -67,6 +67,16 @@ def load_llamacpp(path: str | Path, n_ctx: int | None = None, logits_all: bool =
     return LlamaCppModel(llm, path, llm.n_ctx())
 
 
+def gguf_context_length(path: str | Path) -> int:
+    """The training context a GGUF file states (`<arch>.context_length`; 2048 when it states none)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    arch = reader.get_field("general.architecture").contents()
+    field = reader.get_field(f"{arch}.context_length")
+    return int(field.contents()) if field is not None else 2048
+
+
 def token_logits(model: LlamaCppModel, tokens: list[int]) -> np.ndarray:
     """[len(tokens), vocab] float32 logits: row i predicts tokens[i + 1]. A prefix shared with the previous call is
     not recomputed (its KV cache and logits are kept), so scoring several continuations of one context is cheap."""
