@@ -51,9 +51,7 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
             check_architecture(SimpleNamespace(**read_json(run / "config.json", "model config")))
     source = load_source(run, step)
     if fmt == "gguf":
-        from megalang.export.gguf import check_architecture
-
-        check_architecture(source.model.config)  # before anything is written
+        check_architecture(source.model.config)  # a run's model, before anything is written
     with staging_dir(out, overwrite) as tmp:
         config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
         if source.run_config is not None:
