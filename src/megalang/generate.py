@@ -17,20 +17,37 @@ def generate(
     top_k: int = 50,
     top_p: float = 0.95,
     seed: int = 0,
+    backend: str = "auto",
 ) -> str:
-    """Return the prompt followed by its continuation."""
-    from megalang.model.load import load_model_for_inference
+    """Return the prompt followed by its continuation. `backend` (model/load.py choose_backend): auto runs a .gguf
+    in llama.cpp, an ONNX export folder in ONNX Runtime and everything else in transformers."""
+    from megalang.model.load import GENERATE_BACKENDS, choose_backend, load_model_for_inference
 
     if max_new_tokens < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
         raise UserError("need --max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
-    from megalang.model.onnxrt import is_onnx_folder
-
-    if is_onnx_folder(model):  # backend `onnxruntime`: an ONNX export folder (model.onnx, manifest format onnx)
+    backend, path = choose_backend(model, backend, runtimes=GENERATE_BACKENDS)
+    if backend == "onnxruntime":  # an ONNX export folder (model.onnx, manifest format onnx)
         from megalang.model.onnxrt import generate_onnx
 
-        return generate_onnx(model, prompt, max_new_tokens, temperature, top_k, top_p, seed)
-    loaded = load_model_for_inference(model)
+        return generate_onnx(path, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    if backend == "llama.cpp":
+        from megalang.model.llamacpp import gguf_context_length, load_llamacpp
+
+        # At least 2048 positions, as transformers generates past a small model's training length too.
+        with load_llamacpp(path, n_ctx=min(max(gguf_context_length(path), 2048), 4096), logits_all=False) as llm:
+            return generate_text_llamacpp(llm, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    loaded = load_model_for_inference(path)
     return generate_text(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+
+
+def generate_text_llamacpp(llm, prompt, max_new_tokens=128, temperature=0.8, top_k=50, top_p=0.95, seed=0) -> str:
+    """`generate_text` for a model open in llama.cpp (model/llamacpp.py): the same EOS-first prompt, stop at EOS."""
+    from megalang.model.llamacpp import LlamaCppTokenizer, generate_ids
+
+    tokenizer = LlamaCppTokenizer(llm)
+    ids = [llm.eos_id] + tokenizer.encode(prompt, add_special_tokens=False)
+    new = generate_ids(llm, ids, max_new_tokens, temperature, top_k, top_p, seed)
+    return tokenizer.decode(ids[1:] + new, skip_special_tokens=True)
 
 
 @torch.no_grad()

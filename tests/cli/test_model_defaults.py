@@ -105,7 +105,7 @@ def test_shared_eval_options_read_the_same_everywhere():
         for param, _, field in mapped(("eval", name)):
             help_ = param.help.replace(" of each task.", ".") if name == "harness" and field == "limit" else param.help
             assert seen.setdefault(field, (param.opts, help_, param.default)) == (param.opts, help_, param.default), (name, field)
-    assert set(seen) == {"model", "out", "batch_size", "limit", "max_length"}
+    assert set(seen) == {"model", "out", "batch_size", "limit", "max_length", "backend"}
 
 
 # --- unset options: the stage receives the model's defaults ---------------------------------------

@@ -19,6 +19,7 @@ Out = Annotated[Optional[str], field_option(EvalOptions, "out", "--out")]
 BatchSize = Annotated[Optional[int], field_option(EvalOptions, "batch_size")]
 Limit = Annotated[Optional[int], field_option(EvalOptions, "limit")]
 MaxLength = Annotated[Optional[int], field_option(EvalOptions, "max_length")]
+Backend = Annotated[Optional[str], field_option(EvalOptions, "backend")]
 
 
 def common(**options) -> EvalOptions:
@@ -53,20 +54,22 @@ def eval_perplexity(
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     max_batches: Annotated[Optional[int], typer.Option(help="Packed: stop after this many batches.")] = None,
     max_docs: Annotated[Optional[int], typer.Option(help="Rolling: score only the first N documents.")] = None,
+    backend: Backend = None,
 ):
     """Perplexity: token-level on packed shards, or per document (token/word/byte perplexity, bits per byte)."""
     from megalang.evaluate.perplexity import evaluate_rolling, perplexity
 
     if mode not in ("auto", "packed", "rolling"):
         raise UserError(f"--mode {mode}: expected auto, packed or rolling")
-    o = common(model=model, out=out_file)
+    o = common(model=model, out=out_file, backend=backend)
     if mode == "packed" or (mode == "auto" and Path(data).is_dir()):
         refuse_unused(ctx, ["stride", "text_field", "max_docs"], "packed perplexity does not use it; it is for --mode rolling")
-        result = perplexity(o.model, data, split=split, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches, out=o.out)
+        result = perplexity(o.model, data, split=split, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches, out=o.out,
+                            backend=o.backend)
     else:
         refuse_unused_rolling(ctx, Path(data))
         result = evaluate_rolling(o.model, data, out=o.out, window=seq_len, stride=stride, batch_size=batch_size,
-                                  text_field=text_field, split=split, max_docs=max_docs)
+                                  text_field=text_field, split=split, max_docs=max_docs, backend=o.backend)
         result.pop("per_document")
     out.print(json.dumps(result, indent=2))
 
@@ -92,15 +95,16 @@ def eval_choice(
     num_fewshot: Annotated[int, typer.Option(help="Examples per prompt (same subject when given).")] = 0,
     batch_size: BatchSize = None,
     limit: Limit = None,
+    backend: Backend = None,
 ):
     """Multiple choice by log-likelihood (acc, acc_norm, acc_bytes, per subject), as lm-eval scores it."""
     from megalang.evaluate.choice import evaluate_choice
 
     if num_fewshot == 0:
         refuse_unused(ctx, ["fewshot"], "zero-shot prompts (--num-fewshot 0) use no examples; set --num-fewshot N")
-    o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
+    o = common(model=model, out=out_file, batch_size=batch_size, limit=limit, backend=backend)
     _print_metrics(evaluate_choice(o.model, data, out=o.out, fmt=format, fewshot=fewshot, num_fewshot=num_fewshot,
-                                   batch_size=o.batch_size, limit=o.limit))
+                                   batch_size=o.batch_size, limit=o.limit, backend=o.backend))
 
 
 @eval_app.command("classify")
@@ -114,13 +118,14 @@ def eval_classify(
     positive: Annotated[Optional[str], typer.Option(help="Two-class sets: the label whose probability is swept (default: the one named malicious/positive/1/true/yes, else the second label).")] = None,
     batch_size: BatchSize = None,
     limit: Limit = None,
+    backend: Backend = None,
 ):
     """Classification through a verbaliser: accuracy, per-class and macro/weighted F1, confusion matrix; ROC AUC and a threshold sweep for two classes."""
     from megalang.evaluate.classify import evaluate_classify
 
-    o = common(model=model, out=out_file, batch_size=batch_size, limit=limit)
+    o = common(model=model, out=out_file, batch_size=batch_size, limit=limit, backend=backend)
     result = evaluate_classify(o.model, data, verbalizer=verbalizer, out=o.out, template=template, batch_size=o.batch_size,
-                               limit=o.limit, positive=positive)
+                               limit=o.limit, positive=positive, backend=o.backend)
     _print_metrics(result, drop=("threshold_sweep",), one_line_values=True)
 
 

@@ -58,15 +58,16 @@ def launch_cmd(
 def export_cmd(
     run: Annotated[str, typer.Option(help="Run folder (gguf/onnx: also a Hugging Face folder from `megalang export`).")],
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors folder) | onnx (model.onnx for ONNX Runtime).")] = "hf",
-    quant: Annotated[Optional[str], typer.Option(help="Weight type of the exported file (format-specific; onnx: int8).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors folder), gguf (one llama.cpp/Ollama file) or onnx (model.onnx for ONNX Runtime).")] = "hf",
+    quant: Annotated[Optional[str], typer.Option(help="Weight type of the exported file; gguf: f16 (default), bf16, f32, q8_0, q5_1, q5_0, q4_1, q4_0; onnx: int8 (default fp32).")] = None,
     step: Annotated[Optional[int], typer.Option(help="Checkpoint step (default: the newest complete one).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     merge: Annotated[bool, typer.Option(help="LoRA run, hf format: merge the adapters into the base (else: the adapter folder).")] = False,
     sign: Annotated[Optional[str], typer.Option(help="EC private key (PEM) that signs the release into model.sig; "
                                                      "check with `megalang verify OUT --key PUB.pem`.")] = None,
 ):
-    """Write a release folder: a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads."""
+    """Write a release folder: a Hugging Face folder (safetensors, config, tokenizer) that plain transformers loads, or
+    OUT/model-<quant>.gguf for llama.cpp and Ollama."""
     from megalang.export import export
 
     export(run, out_dir, step=step, overwrite=overwrite, merge=merge, fmt=fmt, quant=quant, sign=sign)
@@ -76,18 +77,20 @@ def export_cmd(
 @app.command("generate")
 @user_errors
 def generate_cmd(
-    model: Annotated[str, typer.Option(help="Exported folder (an onnx one runs in ONNX Runtime) or run folder.")],
+    model: Annotated[str, typer.Option(help="Exported folder (an onnx one runs in ONNX Runtime), run folder, or .gguf file (or a folder holding one).")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="0 = off.")] = 50,
     top_p: Annotated[float, typer.Option(help="1.0 = off.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    backend: Annotated[str, typer.Option(help="auto (llama.cpp for a .gguf, onnxruntime for an ONNX export, transformers otherwise), transformers, llama.cpp or onnxruntime.")] = "auto",
 ):
     """Continue a prompt."""
     from megalang.generate import generate
 
-    text = generate(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    text = generate(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                    backend=backend)
     out.print(text, markup=False)
 
 

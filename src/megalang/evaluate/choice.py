@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +155,7 @@ def evaluate_choice(
     num_fewshot: int = 0,
     batch_size: int = 16,
     limit: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """`megalang eval choice`: load, score, write the result JSON (metrics, per subject, per item)."""
     if fmt not in ("arc", "mmlu"):
@@ -162,8 +164,9 @@ def evaluate_choice(
         raise UserError("--num-fewshot needs --fewshot FILE (a JSONL set of solved examples) and must be >= 0")
     items = load_items(data, limit)
     shots = load_items(fewshot, None) if fewshot else []
-    _, scorer = load_scorer(model, batch_size)
-    rows = score_items(scorer, items, fmt, shots, num_fewshot)
+    _, scorer = load_scorer(model, batch_size, backend=backend)
+    with closing(scorer):
+        rows = score_items(scorer, items, fmt, shots, num_fewshot)
     settings = {"format": fmt, "fewshot": fewshot, "num_fewshot": num_fewshot, "batch_size": batch_size, "limit": limit}
     result = {**result_header("choice", model, data, settings), **aggregate(rows), "subjects": by_subject(rows), "items": rows}
     return write_result(out, result)

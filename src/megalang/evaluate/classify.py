@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,7 @@ def evaluate_classify(
     batch_size: int = 16,
     limit: int | None = None,
     positive: str | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """`megalang eval classify`: accuracy, per-class and macro/weighted F1, the confusion matrix and, for two
     labels, ROC AUC, average precision and a threshold sweep on P(positive); plus one row per record."""
@@ -216,8 +218,9 @@ def evaluate_classify(
     check_every_label_present(records, mapping, str(data), limit)
     positive = choose_positive(list(mapping), positive)
     render(template, "")
-    _, scorer = load_scorer(model, batch_size)
-    rows = score_records(scorer, records, mapping, template)
+    _, scorer = load_scorer(model, batch_size, backend=backend)
+    with closing(scorer):
+        rows = score_records(scorer, records, mapping, template)
     settings = {"verbalizer": mapping, "template": template, "batch_size": batch_size, "limit": limit, "positive": positive}
     result = {**result_header("classify", model, data, settings), **summarize(rows, list(mapping), positive), "items": rows}
     return write_result(out, result)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,9 @@ class EvalOptions(BaseModel):
     batch_size: int = Field(16, description="items per forward pass")
     limit: int | None = Field(None, description="use only the first N items")
     max_length: int | None = Field(None, description="longest model input in tokens (default: the model's positions)")
+    backend: Literal["auto", "transformers", "llama.cpp"] = Field(
+        "auto", description="who runs the model: auto = llama.cpp for a .gguf file (or a folder holding one), "
+        "transformers otherwise")
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,20 @@ def write_result(out: str | Path | None, result: dict[str, Any]) -> dict[str, An
     return result
 
 
-def load_scorer(model: str, batch_size: int, max_length: int | None = None):
-    """(LoadedModel, Scorer) for a run folder, an exported folder or a GGUF file."""
+def load_scorer(model: str, batch_size: int, max_length: int | None = None, backend: str = "auto"):
+    """(LoadedModel, Scorer) for a run folder, an exported folder or a GGUF file; `backend` as model/load.py
+    choose_backend (a GGUF runs in llama.cpp by default: LlamaCppScorer, which the caller closes)."""
     from megalang.evaluate.scoring import Scorer
-    from megalang.model.load import load_model_for_inference
+    from megalang.model.load import choose_backend, load_model_for_inference
 
-    loaded = load_model_for_inference(model)
+    backend, path = choose_backend(model, backend)
+    if backend == "llama.cpp":
+        from megalang.evaluate.scoring_llamacpp import LlamaCppScorer
+        from megalang.model.llamacpp import LlamaCppTokenizer, load_llamacpp
+        from megalang.model.load import LoadedModel
+
+        llm = load_llamacpp(path, n_ctx=max_length + 1 if max_length else None)
+        loaded = LoadedModel(llm, LlamaCppTokenizer(llm), "llama.cpp", path)
+        return loaded, LlamaCppScorer(llm, loaded.tokenizer, batch_size=batch_size, max_length=max_length)
+    loaded = load_model_for_inference(path)
     return loaded, Scorer(loaded.model, loaded.tokenizer, batch_size=batch_size, max_length=max_length)

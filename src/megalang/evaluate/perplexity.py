@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,7 @@ def evaluate_perplexity(
     """
     if len(split) < 2:
         raise UserError("split has fewer than 2 tokens; nothing to score")
-    starts = list(range(0, len(split) - 1, seq_len))
-    if max_batches is not None:
-        starts = starts[: max_batches * batch_size]
+    starts = window_starts(split, seq_len, max_batches * batch_size if max_batches is not None else None)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -53,6 +52,28 @@ def evaluate_perplexity(
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2), "tokens": total_tokens}
 
 
+def window_starts(split: TokenSplit, seq_len: int, max_windows: int | None = None) -> list[int]:
+    """Where the windows of `evaluate_perplexity` start (every seq_len tokens; the first `max_windows`)."""
+    return list(range(0, len(split) - 1, seq_len))[:max_windows]
+
+
+def evaluate_perplexity_llamacpp(llm, split: TokenSplit, seq_len: int, max_windows: int | None = None) -> dict[str, float]:
+    """`evaluate_perplexity` for a GGUF open in llama.cpp (model/llamacpp.py): the same windows and token ids, each
+    window's first token given and the rest predicted; no BOS is added (shards hold EOS between documents, and
+    the transformers path feeds the window as it is too)."""
+    from megalang.model.llamacpp import sequence_nll
+
+    if len(split) < 2:
+        raise UserError("split has fewer than 2 tokens; nothing to score")
+    total_nll, total_tokens = 0.0, 0
+    for s in window_starts(split, seq_len, max_windows):
+        nll, n, _ = sequence_nll(llm, split.window(s, min(seq_len + 1, len(split) - s)).tolist())
+        total_nll += nll
+        total_tokens += n
+    loss = total_nll / total_tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2), "tokens": total_tokens}
+
+
 def perplexity(
     model: str,
     data: str,
@@ -61,29 +82,36 @@ def perplexity(
     batch_size: int = 8,
     max_batches: int | None = None,
     out: str | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
-    """`megalang eval perplexity`: load a run or export, score a shard split, optionally write JSON."""
-    from megalang.model.load import load_model_for_inference
+    """`megalang eval perplexity`: load a run or export, score a shard split, optionally write JSON. `backend`:
+    model/load.py choose_backend (a .gguf runs in llama.cpp unless `transformers`)."""
+    from megalang.model.load import choose_backend, load_model_for_inference
 
     if batch_size < 1 or (seq_len is not None and seq_len < 1) or (max_batches is not None and max_batches < 1):
         raise UserError("--batch-size, --seq-len and --max-batches must be positive")
     manifest = read_shard_manifest(data)
-    loaded = load_model_for_inference(model)
-    vocab = loaded.model.config.vocab_size
-    if manifest["vocab_size"] > vocab:
-        raise UserError(
-            f"{data}: shards use a vocabulary of {manifest['vocab_size']} ids but the model has {vocab}; "
-            "tokenize the data with the model's tokenizer"
-        )
-    seq_len = seq_len or _default_seq_len(loaded)
-    result = evaluate_perplexity(loaded.model, open_split(data, split, manifest), seq_len, batch_size, max_batches)
+    backend, path = choose_backend(model, backend)
+    tokens = open_split(data, split, manifest)
+    if backend == "llama.cpp":
+        from megalang.model.llamacpp import gguf_context_length, load_llamacpp
+
+        seq_len = seq_len or min(gguf_context_length(path), 1024)
+        with load_llamacpp(path, n_ctx=seq_len + 1) as llm:
+            _check_vocab(data, manifest, llm.vocab_size)
+            result = evaluate_perplexity_llamacpp(llm, tokens, seq_len, max_batches * batch_size if max_batches else None)
+    else:
+        loaded = load_model_for_inference(path)
+        _check_vocab(data, manifest, loaded.model.config.vocab_size)
+        seq_len = seq_len or _default_seq_len(loaded)
+        result = evaluate_perplexity(loaded.model, tokens, seq_len, batch_size, max_batches)
     result = {
         "kind": "perplexity",
         "model": str(Path(model).resolve()),
         "data": str(Path(data).resolve()),
         "data_sha256": sha256_file(Path(data) / MANIFEST),
         "split": split,
-        "settings": {"seq_len": seq_len, "batch_size": batch_size, "max_batches": max_batches},
+        "settings": {"seq_len": seq_len, "batch_size": batch_size, "max_batches": max_batches, "backend": backend},
         "megalang_version": __version__,
         **result,
     }
@@ -93,7 +121,17 @@ def perplexity(
     return result
 
 
+def _check_vocab(data: str, manifest: dict[str, Any], vocab: int) -> None:
+    if manifest["vocab_size"] > vocab:
+        raise UserError(
+            f"{data}: shards use a vocabulary of {manifest['vocab_size']} ids but the model has {vocab}; "
+            "tokenize the data with the model's tokenizer"
+        )
+
+
 def _default_seq_len(loaded) -> int:
+    if loaded.kind == "llama.cpp":
+        return min(loaded.model.n_ctx - 1, 1024)
     if loaded.kind == "run":
         from megalang.config import RunConfig, load_config
         from megalang.store.run_dir import RunDir
@@ -188,16 +226,19 @@ def evaluate_rolling(
     text_field: str = "text",
     split: str = "val",
     max_docs: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """`megalang eval perplexity --mode rolling`: per-document perplexity on text, JSONL or shards."""
     from megalang.evaluate.common import load_scorer, result_header, write_result
 
-    loaded, scorer = load_scorer(model, batch_size)
-    window = window or _default_seq_len(loaded)
-    if Path(data).is_dir():
-        tokens, texts = shard_documents(data, split, loaded.tokenizer, max_docs)
-    else:
-        tokens, texts = None, read_documents(data, text_field)[: max_docs or None]
-    metrics = rolling_perplexity(scorer, texts, window, stride, tokens)
-    settings = {"mode": "rolling", "window": window, "stride": stride or window, "batch_size": batch_size, "split": split if tokens else None}
+    loaded, scorer = load_scorer(model, batch_size, max_length=window, backend=backend)
+    with closing(scorer):
+        window = window or _default_seq_len(loaded)
+        if Path(data).is_dir():
+            tokens, texts = shard_documents(data, split, loaded.tokenizer, max_docs)
+        else:
+            tokens, texts = None, read_documents(data, text_field)[: max_docs or None]
+        metrics = rolling_perplexity(scorer, texts, window, stride, tokens)
+    settings = {"mode": "rolling", "window": window, "stride": stride or window, "batch_size": batch_size,
+                "split": split if tokens else None, "backend": loaded.kind if loaded.kind == "llama.cpp" else "transformers"}
     return write_result(out, {**result_header("perplexity", model, data, settings), **metrics})

@@ -54,6 +54,9 @@ class Scorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def close(self) -> None:
+        """Nothing to free here (the llama.cpp scorer frees its context)."""
+
     @property
     def eot_id(self) -> int | None:
         return self.tokenizer.eos_token_id

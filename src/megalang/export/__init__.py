@@ -1,27 +1,29 @@
 """`megalang export`: a run (or an exported Hugging Face folder) as a release folder in one format.
 
-Formats: `hf` (safetensors + config + tokenizer, export/hf.py), `onnx` (model.onnx for ONNX Runtime, fp32 or
-dynamic int8, export/onnx.py). Every format reads its model through export/source.py and ends with the release
-files (export/release.py: model card, datasheet, ML-BOM) and the folder's manifest.json, which points back at the
-run so `megalang lineage` reaches the raw corpus from the release; `sign` then signs the folder (export/sign.py).
+Formats: `hf` (safetensors + config + tokenizer, export/hf.py), `gguf` (one llama.cpp file, export/gguf.py),
+`onnx` (model.onnx for ONNX Runtime, fp32 or dynamic int8, export/onnx.py). Every format reads its model through
+export/source.py and ends with the release files (export/release.py: model card, datasheet, ML-BOM) and the
+folder's manifest.json, which points back at the run so `megalang lineage` reaches the raw corpus from the release;
+`sign` then signs the folder (export/sign.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from megalang.errors import UserError
 from megalang.export.hf import apply_generation_defaults
 from megalang.export.source import TOKENIZER_FILES
-from megalang.store.files import staging_dir
+from megalang.store.files import read_json, staging_dir
 from megalang.store.manifest import write_manifest
 from megalang.store.run_dir import RunDir
 
 __all__ = ["FORMATS", "apply_generation_defaults", "export"]
 
-FORMATS = ("hf", "onnx")
-MANIFEST_FORMAT = {"hf": "huggingface", "onnx": "onnx"}  # the manifest's `format` field
+FORMATS = ("hf", "gguf", "onnx")
+MANIFEST_FORMAT = {"hf": "huggingface", "gguf": "gguf", "onnx": "onnx"}  # the manifest's `format` field
 
 
 def export(run: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False,
@@ -53,7 +55,15 @@ def export(run: str | Path, out: str | Path, step: int | None = None, overwrite:
 
         check_quant(quant)
         require_onnx()
+    if fmt == "gguf":
+        from megalang.export.gguf import check_architecture, check_quant
+
+        quant = check_quant(quant)  # before the (slow) model load
+        if (run / "config.json").is_file():  # an exported folder: its architecture too
+            check_architecture(SimpleNamespace(**read_json(run / "config.json", "model config")))
     source = load_source(run, step)
+    if fmt == "gguf":
+        check_architecture(source.model.config)  # a run's model, before anything is written
     with staging_dir(out, overwrite) as tmp:
         counts = write_format(source, tmp, fmt, quant)
         config = {"run": str(run.resolve()), "step": step, "format": fmt, "quant": quant}
@@ -72,6 +82,10 @@ def write_format(source, dest: Path, fmt: str, quant: str | None) -> dict[str, A
         from megalang.export.onnx import write_onnx
 
         return write_onnx(source, dest, quant)
+    if fmt == "gguf":
+        from megalang.export.gguf import write_gguf
+
+        return write_gguf(source, dest, quant)
     from megalang.export.hf import write_hf
 
     return write_hf(source, dest)

@@ -12,10 +12,44 @@ from megalang.store.run_dir import RunDir
 
 @dataclass
 class LoadedModel:
-    model: Any  # transformers PreTrainedModel, eval mode
-    tokenizer: Any  # transformers PreTrainedTokenizerFast
-    kind: str  # "run", "export" or "gguf"
+    model: Any  # transformers PreTrainedModel, eval mode (kind "llama.cpp": a model/llamacpp.py LlamaCppModel)
+    tokenizer: Any  # transformers PreTrainedTokenizerFast (kind "llama.cpp": LlamaCppTokenizer)
+    kind: str  # "run", "export", "gguf" (dequantised in transformers) or "llama.cpp"
     path: Path
+
+
+# Who runs a model: transformers for every kind of model; llama.cpp for GGUF files (the default for them).
+BACKENDS = ("auto", "transformers", "llama.cpp")  # what the evals run
+GENERATE_BACKENDS = (*BACKENDS, "onnxruntime")  # `megalang generate` also runs ONNX export folders
+
+
+def choose_backend(path: str | Path, backend: str = "auto", field: str = "--model",
+                   runtimes: tuple[str, ...] = BACKENDS) -> tuple[str, Path]:
+    """(the backend that runs `path`, the path to load): `auto` is llama.cpp for a .gguf file or a folder holding
+    exactly one .gguf (and no config.json), onnxruntime for an ONNX export folder where `runtimes` has it,
+    transformers for everything else (which refuses an ONNX folder in one line)."""
+    from megalang.model.onnxrt import is_onnx_folder
+
+    path = Path(path)
+    if backend not in runtimes:
+        raise UserError(f"--backend {backend}: expected one of {', '.join(runtimes)}")
+    if "onnxruntime" in runtimes and (backend in ("auto", "onnxruntime")) and is_onnx_folder(path):
+        return "onnxruntime", path
+    if backend == "onnxruntime":
+        raise UserError(f"{path}: --backend onnxruntime runs ONNX export folders; export one with "
+                        "`megalang export --format onnx` or use --backend auto")
+    if path.is_dir() and not (path / "config.json").is_file() and not RunDir.looks_like_run(path):
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) > 1:
+            raise UserError(f"{path}: holds {len(ggufs)} .gguf files; pass {field} one of them")
+        path = ggufs[0] if ggufs else path
+    is_gguf = path.is_file() and path.suffix == ".gguf"
+    if backend == "llama.cpp" and not is_gguf:
+        raise UserError(f"{path}: --backend llama.cpp runs .gguf files; export one with `megalang export --format gguf` "
+                        "or use --backend transformers")
+    if backend == "auto":
+        backend = "llama.cpp" if is_gguf else "transformers"
+    return backend, path
 
 
 def load_model_for_inference(path: str | Path, step: int | None = None, field: str = "--model") -> LoadedModel:
@@ -75,7 +109,26 @@ def load_gguf(path: Path) -> LoadedModel:
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: cannot load as a GGUF model ({str(e).splitlines()[0]})") from None
     model.eval()
-    return LoadedModel(model, tokenizer, "gguf", path)
+    return LoadedModel(model, match_gguf_tokenizer(tokenizer, path), "gguf", path)
+
+
+def match_gguf_tokenizer(tokenizer, path: Path):
+    """transformers reads every "llama" (SentencePiece) GGUF vocabulary as Llama 2's: a "▁" put before the text and
+    special-token text parsed as the token. A file that says add_space_prefix=false (megalang's own tokenizers,
+    export/gguf_vocab.py) gets neither, so it encodes as the tokenizer it was exported from and as llama.cpp does."""
+    from gguf import GGUFReader
+    from tokenizers import decoders, pre_tokenizers
+
+    fields = GGUFReader(path).fields
+    if "tokenizer.ggml.add_space_prefix" not in fields or fields["tokenizer.ggml.model"].contents() != "llama":
+        return tokenizer
+    if fields["tokenizer.ggml.add_space_prefix"].contents():
+        return tokenizer
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.split_special_tokens = True
+    return tokenizer
 
 
 def load_trained_model(run_dir: str | Path, step: int | None = None):
