@@ -1,5 +1,5 @@
-"""train.optimizer=muon on 2 CPU ranks (gloo): the sharded Muon step against torch.optim.Muon on the whole matrix,
-and an FSDP2 run against the same run on one process (docs/training.md "Muon")."""
+"""train.optimizer=muon on CPU ranks (gloo): the sharded Muon step against torch.optim.Muon on the whole matrix, and
+FSDP2 (2 ranks), DDP (2) and HSDP (2 × 2) runs against the same run on one process (docs/training.md "Muon")."""
 
 from __future__ import annotations
 
@@ -68,3 +68,12 @@ def test_fsdp2_muon_checkpoint_resumes_on_one_process(muon_fsdp, muon_single, di
     assert_losses_match(resumed, metrics(muon_single), range(5, STEPS + 1))
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
     assert torch.is_tensor(load_trained_model(run)[0].lm_head.weight)
+
+
+@pytest.mark.parametrize("nproc, extra", [
+    (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1"]),  # DDP: plain tensors, torch's own step on each rank
+    (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2", "train.micro_batch_size=2"]),  # HSDP: 2-D mesh DTensors
+], ids=["ddp2", "hsdp2x2"])
+def test_ddp_and_hsdp_muon_match_single_process(nproc, extra, muon_single, dist_shards, tmp_path):
+    launch_train(nproc, dist_shards, tmp_path / "run", MUON, *extra)
+    assert_losses_match(metrics(tmp_path / "run"), metrics(muon_single), range(1, STEPS + 1))
