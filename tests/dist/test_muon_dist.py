@@ -49,7 +49,7 @@ def muon_fsdp(dist_shards, tmp_path_factory) -> Path:
 
 
 def test_fsdp2_muon_matches_single_process(muon_fsdp, muon_single):
-    """Losses to 1e-4 (as AdamW's FSDP2 test); weights after 8 steps to 5e-3 (measured 1.5e-3, AdamW's 1.2e-7):
+    """Losses to 1e-4 (as AdamW's FSDP2 test); weights after 8 steps to 2e-3 (measured 4e-4, AdamW's 1.2e-7):
     the reduce-scattered gradients differ from one process's in the last fp32 bits, and torch's bf16
     Newton–Schulz turns that into bf16-sized differences of the update (the step itself is exact: test above)."""
     run, reference = metrics(muon_fsdp), metrics(muon_single)
@@ -57,7 +57,7 @@ def test_fsdp2_muon_matches_single_process(muon_fsdp, muon_single):
     got, want = (load_trained_model(r)[0].state_dict() for r in (muon_fsdp, muon_single))
     assert got.keys() == want.keys()
     worst = max((got[k] - want[k]).abs().max().item() for k in want)
-    assert worst < 5e-3, worst
+    assert worst < 2e-3, worst
 
 
 def test_fsdp2_muon_checkpoint_resumes_on_one_process(muon_fsdp, muon_single, dist_shards, tmp_path):

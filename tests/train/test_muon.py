@@ -113,6 +113,13 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_muon_runs_on_adamws_lr_and_decay_unless_given_its_own():
+    model = debug_model()
+    muon_group = build_optimizer(model, OptimizerConfig(lr=2e-3, weight_decay=0.05), "muon").param_groups[2]
+    assert (muon_group["lr"], muon_group["weight_decay"], muon_group["adjust_lr_fn"]) == (2e-3, 0.05, "match_rms_adamw")
+    assert muon_group["momentum"] == 0.95 and muon_group["ns_steps"] == 5
+
+
 def step_with_grads(model, opt, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
@@ -178,6 +185,9 @@ def test_changed_muon_settings_apply_on_resume():
     assert muon_group["momentum"] == 0.9 and muon_group["weight_decay"] == 0.01
     assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr * lr_factor(3, cfg)) and "betas" in opt.param_groups[0]
     assert compat.optimizer_changed({"optimizer.muon_lr": (0.02, 0.05)})
+    follows = RunConfig(optimizer=OptimizerConfig(lr=1e-3, weight_decay=0.2), train=TrainSection(max_steps=10, optimizer="muon"))
+    compat.apply_optimizer_changes(opt, sched, follows)  # muon_lr and muon_weight_decay unset: AdamW's new values
+    assert opt.param_groups[2]["lr"] == pytest.approx(1e-3 * lr_factor(3, follows)) and opt.param_groups[2]["weight_decay"] == 0.2
 
 
 def test_muon_training_lowers_the_loss(shards, tmp_path):

@@ -117,18 +117,26 @@ class OptimizerConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
     eps: float = Field(1e-8, gt=0, description="AdamW denominator epsilon")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
-    # Defaults: Keller Jordan's Muon (lr 0.02, momentum 0.95, Nesterov, 5 quintic Newton–Schulz steps) with its
-    # own shape scaling sqrt(max(1, rows/cols)); docs/training.md "Muon" has the measured alternatives.
-    muon_lr: float = Field(0.02, gt=0, description="train.optimizer=muon: Muon's peak learning rate (follows "
-                           "the schedule's warmup and cosine, ending at muon_lr × schedule.min_lr / optimizer.lr)")
-    muon_weight_decay: float = Field(0.0, ge=0, description="train.optimizer=muon: Muon's decoupled weight decay "
-                                     "(the step multiplies weights by 1 − lr·decay)")
+    # Defaults: Moonshot's scaling ("Muon is Scalable for LLM Training", 2025), which matches the RMS of Muon's update
+    # to AdamW's so that Muon runs on AdamW's lr and weight decay; momentum 0.95, Nesterov and 5 Newton–Schulz steps
+    # are Keller Jordan's. docs/training.md "Muon" has the measured comparison with his lr 0.02.
+    muon_lr: float | None = Field(None, gt=0, description="train.optimizer=muon: Muon's peak learning rate (unset: "
+                                  "optimizer.lr); the schedule scales it as it scales optimizer.lr")
+    muon_weight_decay: float | None = Field(None, ge=0, description="train.optimizer=muon: Muon's decoupled weight "
+                                            "decay, W ← W·(1 − lr·decay) (unset: optimizer.weight_decay)")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="train.optimizer=muon: Muon's (Nesterov) momentum")
     muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field(
-        "original", description="train.optimizer=muon: per-matrix lr scale; original: sqrt(max(1, rows/cols)) "
-        "(Keller Jordan); match_rms_adamw: 0.2·sqrt(max(rows, cols)), so muon_lr can be AdamW's (Moonshot)"
+        "match_rms_adamw", description="train.optimizer=muon: per-matrix lr scale; match_rms_adamw: "
+        "0.2·sqrt(max(rows, cols)), AdamW's update size (Moonshot); original: sqrt(max(1, rows/cols)), for lr ≈ 0.02 "
+        "(Keller Jordan)"
     )
     muon_ns_steps: int = Field(5, ge=1, le=20, description="train.optimizer=muon: Newton–Schulz iterations per step")
+
+    def muon_peak_lr(self) -> float:
+        return self.lr if self.muon_lr is None else self.muon_lr
+
+    def muon_decay(self) -> float:
+        return self.weight_decay if self.muon_weight_decay is None else self.muon_weight_decay
 
 
 class ScheduleConfig(Section):

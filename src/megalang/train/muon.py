@@ -5,7 +5,7 @@ Muon (Keller Jordan 2024, https://kellerjordan.github.io/posts/muon/) orthogonal
 a quintic Newton–Schulz iteration; PyTorch ships it as `torch.optim.Muon`. Its step needs the whole matrix, and
 under FSDP2 a parameter is a DTensor sharded on dim 0: `Muon.step` below gathers the momentum-mixed gradient
 (`full_tensor()`), runs PyTorch's own Newton–Schulz on it and applies this rank's rows of the result. Every rank
-orthogonalises every matrix (redundant compute, no extra communication pattern); torchtitan's distributed Muon
+orthogonalises every matrix (redundant compute, one all-gather per matrix and step); torchtitan's distributed Muon
 instead splits the matrices between ranks, which pays off once the Newton–Schulz time is a visible share of a step.
 """
 
@@ -135,7 +135,7 @@ def build_muon(model: torch.nn.Module, opt: OptimizerConfig, adamw) -> Optimizer
     """AdamW (built by `adamw(params)`, train/optim.py) for what Muon does not take, then Muon: group 0 is AdamW's
     decayed group, so the logged `lr` stays optimizer.lr on its schedule."""
     muon_params, adamw_params = split_params(model)
-    muon = Muon([p for _, p in muon_params], lr=opt.muon_lr, weight_decay=opt.muon_weight_decay,
+    muon = Muon([p for _, p in muon_params], lr=opt.muon_peak_lr(), weight_decay=opt.muon_decay(),
                 momentum=opt.muon_momentum, nesterov=True, ns_steps=opt.muon_ns_steps,
                 adjust_lr_fn=opt.muon_adjust_lr)
     return OptimizerPair([adamw([p for _, p in adamw_params]), muon])

@@ -56,7 +56,7 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
 
 def base_lr(group: dict, opt: OptimizerConfig) -> float:
     """The peak learning rate of a param group: Muon's (train/muon.py) or AdamW's."""
-    return opt.muon_lr if is_muon_group(group) else opt.lr
+    return opt.muon_peak_lr() if is_muon_group(group) else opt.lr
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -174,7 +174,7 @@ def apply_optimizer_changes(optimizer, scheduler, cfg) -> None:
     for group in optimizer.param_groups:
         group["initial_lr"] = base_lr(group, opt)
         if is_muon_group(group):
-            group["weight_decay"], group["momentum"] = opt.muon_weight_decay, opt.muon_momentum
+            group["weight_decay"], group["momentum"] = opt.muon_decay(), opt.muon_momentum
             group["adjust_lr_fn"], group["ns_steps"] = opt.muon_adjust_lr, opt.muon_ns_steps
         else:
             group["betas"], group["eps"] = (opt.beta1, opt.beta2), opt.eps
