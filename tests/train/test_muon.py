@@ -113,6 +113,16 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_a_tied_embedding_stays_with_adamw():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    muon, adamw = split_params(model)
+    assert len(muon) == 7 and "model.embed_tokens.weight" in dict(adamw)  # the head is the same tensor
+    assert all(p is not model.lm_head.weight for _, p in muon)
+
+
 def test_muon_runs_on_adamws_lr_and_decay_unless_given_its_own():
     model = debug_model()
     muon_group = build_optimizer(model, OptimizerConfig(lr=2e-3, weight_decay=0.05), "muon").param_groups[2]
