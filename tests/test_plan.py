@@ -12,8 +12,8 @@ import pytest
 
 from megalang.config import PlanConfig
 from megalang.errors import UserError
-from megalang.plan import memory_per_gpu, parse_count, plan, resolve_shape, shape_for_params
 from megalang.model.presets import count_params
+from megalang.plan import memory_per_gpu, newton_schulz_flops, parse_count, plan, resolve_shape, shape_for_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # Llama 2 7B: 6,738,415,616 parameters.
@@ -100,6 +100,27 @@ def test_tensor_and_pipeline_parallel_divide_weights_and_activations():
     assert mp["parameters"] == 4 * (16 * BLOCK + 32000 * 4096 + 4096)
     bad = plan(seven_b(tp=3, gpus=9, global_batch_tokens=2048 * 3))
     assert not bad["feasible"] and "tp=3" in bad["reasons"][0]
+
+
+def test_newton_schulz_flops_count_each_matmul_on_the_wide_orientation():
+    # one step on a 256 × 768 matrix: XXᵀ 2·256²·768, A² 2·256³, (bA + cA²)X 2·256²·768; tall ones are transposed
+    assert newton_schulz_flops(256, 768, steps=1) == 2 * 256**2 * 768 + 2 * 256**3 + 2 * 256**2 * 768
+    assert newton_schulz_flops(768, 256) == newton_schulz_flops(256, 768) == 5 * (4 * 256**2 * 768 + 2 * 256**3)
+
+
+def test_muon_holds_one_momentum_per_block_matrix_and_adds_its_flops_to_each_step():
+    adamw, muon = plan(seven_b()), plan(seven_b(optimizer="muon"))
+    matrices = 32 * (4 * 4096**2 + 3 * 4096 * 11008)  # q, k, v, o (no GQA) and the MLP, in every block
+    assert muon["memory"]["optimizer"] == (8 * (N - matrices) + 4 * matrices) / 8  # ZeRO-3 over 8 GPUs
+    assert adamw["memory"]["optimizer"] == 8 * N / 8 and adamw["optimizer_flops_per_step"] == 0
+    ns = 32 * (4 * newton_schulz_flops(4096, 4096) + 3 * newton_schulz_flops(4096, 11008))
+    assert muon["optimizer_flops_per_step"] == ns  # every GPU orthogonalises every matrix
+    assert muon["total_flops"] == adamw["total_flops"]  # model FLOPs (MFU's numerator) are the optimizer's own
+    hardware = adamw["total_flops"] + ns * 8 * adamw["steps"]
+    assert muon["days"] == pytest.approx(hardware / (8 * 989e12 * 0.4) / 86400)
+    assert muon["memory"]["total"] < adamw["memory"]["total"]
+    bad = plan(seven_b(optimizer="muon", tp=2, global_batch_tokens=2048 * 4))
+    assert not bad["feasible"] and any("optimizer=muon runs with data parallelism only" in r for r in bad["reasons"])
 
 
 def test_recipe_100b_on_64_a100_in_21_days_is_not_feasible():

@@ -55,6 +55,9 @@ CHECKS = {
     "torch.nn.Module._compiled_call_impl": lambda: "_compiled_call_impl" in source_of("torch.nn.Module.compile"),
     "transformers.modeling_layers.GradientCheckpointingLayer._gradient_checkpointing_func":
         lambda: "self._gradient_checkpointing_func(" in source_of("transformers.modeling_layers.GradientCheckpointingLayer"),
+    "torch.optim._muon._zeropower_via_newtonschulz":
+        lambda: torch_compat.muon_orthogonalize(torch.eye(2), (3.4445, -4.775, 2.0315), 5, 1e-7).shape == (2, 2),
+    "torch.optim._muon._adjust_lr": lambda: torch_compat.muon_adjusted_lr(1.0, "original", (8, 2)) == 2.0,
 }
 
 

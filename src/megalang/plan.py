@@ -52,8 +52,10 @@ GPU_CATALOGUE: dict[str, Gpu] = {
     "b200": Gpu("b200", 180 * GIB, {"bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15, "fp32": None}, 1800, 50),
 }
 
-# Bytes per parameter element held for training: fp32 master weights, fp32 gradients, AdamW m and v in fp32.
-PARAM_BYTES, GRAD_BYTES, OPTIM_BYTES = 4, 4, 8
+# Bytes per parameter element held for training: fp32 master weights, fp32 gradients, AdamW m and v in fp32;
+# Muon keeps one fp32 momentum per matrix element (train/muon.py).
+PARAM_BYTES, GRAD_BYTES, OPTIM_BYTES, MUON_BYTES = 4, 4, 8, 4
+NS_STEPS = 5  # optimizer.muon_ns_steps' default
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -141,7 +143,8 @@ def memory_per_gpu(shape: dict[str, Any], cfg: PlanConfig, sharding: str | None 
 
     Moments: end of forward (saved activations and the loss's V-wide temporaries; gradients exist only
     when a previous micro-batch left them), end of backward (all gradients, at most one recomputed block),
-    and the optimizer step (foreach AdamW makes one fp32 temporary the size of the local shard).
+    and the optimizer step (foreach AdamW makes one fp32 temporary the size of the local shard; Muon gathers one
+    whole matrix at a time, see `muon_cost`).
     """
     sharding = sharding or cfg.sharding
     ac = cfg.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
@@ -151,7 +154,9 @@ def memory_per_gpu(shape: dict[str, Any], cfg: PlanConfig, sharding: str | None 
     shard = {"ddp": (1, 1, 1), "zero1": (1, 1, dp), "zero2": (1, dp, dp), "zero3": (dp, dp, dp)}[sharding]
     params = PARAM_BYTES * local / shard[0]
     grads = GRAD_BYTES * local / shard[1]
-    optim = OPTIM_BYTES * local / shard[2]
+    muon = muon_cost(shape, cfg)
+    adamw_local = local - muon["params"]
+    optim = (OPTIM_BYTES * adamw_local + MUON_BYTES * muon["params"]) / shard[2]
     buffers = buffer_bytes(shape, cfg, sharding, local, act_bytes)
 
     per_token = activation_elements_per_token(shape)
@@ -169,7 +174,7 @@ def memory_per_gpu(shape: dict[str, Any], cfg: PlanConfig, sharding: str | None 
     moments = {
         "forward_end": static + activations + (grads if accum > 1 else 0),
         "backward_end": static + grads + (block if ac else 0),
-        "optimizer_step": static + grads + PARAM_BYTES * local / shard[2],
+        "optimizer_step": static + grads + PARAM_BYTES * adamw_local / shard[2] + muon["step_bytes"],
     }
     peak_moment = max(moments, key=moments.get)
     return {
@@ -203,6 +208,38 @@ def local_params(shape: dict[str, Any], tp: int, pp: int) -> float:
     if pp == 1:
         return count_params(shape) / tp
     return (blocks + vocab * d + d) / tp
+
+
+def muon_matrices(shape: dict[str, Any]) -> list[tuple[int, int]]:
+    """(rows, cols) of one block's matrices that Muon takes: q, k, v, o, gate, up, down (train/muon.py)."""
+    d, i = shape["hidden_size"], shape["intermediate_size"]
+    heads = shape["num_attention_heads"]
+    head_dim = shape.get("head_dim") or d // heads
+    kv = (shape.get("num_key_value_heads") or heads) * head_dim
+    return [(heads * head_dim, d), (kv, d), (kv, d), (d, heads * head_dim), (i, d), (i, d), (d, i)]
+
+
+def newton_schulz_flops(rows: int, cols: int, steps: int = NS_STEPS) -> int:
+    """Matmul FLOPs of Muon's orthogonalisation of one rows × cols matrix, on its wide orientation m ≤ n: each
+    step forms A = XXᵀ (2m²n), A² inside bA + cA² (2m³) and (bA + cA²)X (2m²n). Elementwise terms (O(mn)) are
+    left out, as everywhere in these counts."""
+    m, n = min(rows, cols), max(rows, cols)
+    return steps * (4 * m * m * n + 2 * m ** 3)
+
+
+def muon_cost(shape: dict[str, Any], cfg: PlanConfig) -> dict[str, float]:
+    """What optimizer=muon changes on the busiest rank: the matrix parameters Muon holds (one momentum each
+    instead of AdamW's two moments), the Newton–Schulz FLOPs of one optimizer step, and the bytes its step
+    gathers at once (the largest whole matrix in fp32 and bf16, the iteration's next X, and A and bA + cA² in
+    bf16). Every rank orthogonalises every matrix of its stage (train/muon.py gathers; it does not split the
+    work as torchtitan's distributed Muon does), so the FLOPs do not shrink with data parallelism."""
+    if cfg.optimizer != "muon":
+        return {"params": 0.0, "flops_per_step": 0.0, "step_bytes": 0.0}
+    layers = math.ceil(shape["num_hidden_layers"] / cfg.pp)
+    matrices = muon_matrices(shape)
+    return {"params": layers * sum(r * c for r, c in matrices) / cfg.tp,
+            "flops_per_step": layers * sum(newton_schulz_flops(r, c) for r, c in matrices),
+            "step_bytes": max(8 * r * c + 4 * min(r, c) ** 2 for r, c in matrices)}
 
 
 def buffer_bytes(shape: dict[str, Any], cfg: PlanConfig, sharding: str, local: float, act_bytes: int) -> float:
@@ -293,8 +330,11 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
     per_token = flops_per_token(SimpleNamespace(**_flops_shape(shape)), cfg.seq_len)
     total_flops = per_token * cfg.tokens
     cluster_peak = cfg.gpus * peak
-    tokens_per_s = cfg.mfu * cluster_peak / per_token
-    seconds = total_flops / (cfg.mfu * cluster_peak)
+    steps = math.ceil(cfg.tokens / cfg.global_batch_tokens)
+    optimizer_flops = muon_cost(shape, cfg)["flops_per_step"]  # per GPU and step, on top of the model's
+    step_flops_per_gpu = per_token * cfg.global_batch_tokens / cfg.gpus + optimizer_flops
+    tokens_per_s = cfg.global_batch_tokens * cfg.mfu * peak / step_flops_per_gpu
+    seconds = (total_flops + optimizer_flops * cfg.gpus * steps) / (cfg.mfu * cluster_peak)
     days = seconds / SECONDS_PER_DAY
 
     memory = memory_per_gpu(shape, cfg)
@@ -319,6 +359,12 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
         notes.append(f"gradient/parameter traffic ({comm['seconds_per_step']:.2f} s/step) exceeds compute "
                      f"({comm['compute_seconds_per_step']:.2f} s/step) and cannot be hidden; raise global_batch_tokens "
                      "or shard within nodes (HSDP)")
+    if cfg.optimizer == "muon" and (cfg.tp > 1 or cfg.pp > 1):
+        reasons.append("optimizer=muon runs with data parallelism only (FSDP2, DDP, HSDP); use tp=1 and pp=1")
+    if optimizer_flops > 0.05 * (step_flops_per_gpu - optimizer_flops):
+        notes.append(f"Muon's Newton–Schulz is {optimizer_flops / (step_flops_per_gpu - optimizer_flops):.0%} of each "
+                     "step's model FLOPs on every GPU (each rank orthogonalises every matrix); a larger "
+                     "global_batch_tokens spreads it over more tokens")
     if cfg.tp > cfg.gpus_per_node:
         notes.append(f"tp={cfg.tp} spans nodes ({cfg.gpus_per_node} GPUs each): keep TP inside NVLink")
 
@@ -335,7 +381,8 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
         "tokens": cfg.tokens, "seq_len": cfg.seq_len, "precision": cfg.precision, "mfu": cfg.mfu,
         "flops_per_token": per_token, "flops_6nd": 6 * n_params * cfg.tokens, "total_flops": total_flops,
         "hardware_flops_per_token": step_flops(shape, cfg.seq_len, 1, cfg.activation_checkpointing),
-        "tokens_per_s": tokens_per_s, "steps": math.ceil(cfg.tokens / cfg.global_batch_tokens),
+        "optimizer": cfg.optimizer, "optimizer_flops_per_step": optimizer_flops,
+        "tokens_per_s": tokens_per_s, "steps": steps,
         "days": days, "deadline_days": cfg.deadline_days, "mfu_needed": mfu_needed, "gpus_needed": gpus_needed,
         "memory_per_gpu_bytes": memory["total"], "memory": memory,
         "memory_by_strategy": strategies, "communication": comm,
@@ -409,6 +456,8 @@ def format_plan(r: dict[str, Any]) -> str:
         f"compute    {r['total_flops']:.3g} FLOPs (6·N·D = {r['flops_6nd']:.3g}; {r['flops_per_token']:.3g} per token)",
         f"time       {r['days']:,.1f} days at MFU {r['mfu']:.0%} ({r['tokens_per_s']:,.0f} tokens/s)",
     ]
+    if r["optimizer"] == "muon":
+        lines.append(f"optimizer  muon: {r['optimizer_flops_per_step']:.3g} Newton–Schulz FLOPs per step on each GPU")
     if r["deadline_days"]:
         lines.append(f"deadline   {r['deadline_days']:g} days needs MFU {_ratio(r['mfu_needed'])} on these GPUs, "
                      f"or {r['gpus_needed']:,} GPUs at MFU {r['mfu']:.0%}")

@@ -23,6 +23,8 @@ PRIVATE_NAMES = (
     "torch.nn.Module._backward_hooks",
     "torch.nn.Module._compiled_call_impl",
     "transformers.modeling_layers.GradientCheckpointingLayer._gradient_checkpointing_func",  # read in its forward
+    "torch.optim._muon._zeropower_via_newtonschulz",
+    "torch.optim._muon._adjust_lr",
 )
 
 
@@ -92,3 +94,20 @@ def checkpoint_block(block, checkpoint_fn) -> None:
     GradientCheckpointingLayer reads. Public only for the whole model (every block), not every k-th."""
     block.gradient_checkpointing = True
     block._gradient_checkpointing_func = checkpoint_fn
+
+
+def muon_orthogonalize(update, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float):
+    """torch.optim.Muon's Newton–Schulz orthogonalisation of one whole matrix (bf16, as torch's step does it).
+    train/muon.py runs it on a matrix gathered from FSDP2 shards; torch has no public entry point for it, and
+    calling the same function keeps a sharded run's update equal to one process's."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    return _zeropower_via_newtonschulz(update, ns_coefficients, ns_steps, eps)
+
+
+def muon_adjusted_lr(lr: float, adjust_lr_fn: str | None, shape) -> float:
+    """torch.optim.Muon's per-matrix learning-rate scale (`original` or `match_rms_adamw`) for a matrix's global
+    shape, for the same reason as `muon_orthogonalize`."""
+    from torch.optim._muon import _adjust_lr
+
+    return _adjust_lr(lr, adjust_lr_fn, shape)

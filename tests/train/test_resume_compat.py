@@ -54,6 +54,7 @@ def test_every_config_key_is_classified():
         ({"lora.targets": ["q_proj"]}, "lora.targets"),
         ({"privacy.target_epsilon": 8.0}, "privacy.target_epsilon"),
         ({"data.curriculum": False}, "data.curriculum"),
+        ({"train.optimizer": "muon"}, "train.optimizer"),
     ],
 )
 def test_refused_changes_name_the_key(change, name):
@@ -76,6 +77,15 @@ def test_keys_a_checkpoint_predates_are_logged_not_refused():
     saved = run_config()
     del saved["config"]["loss"]["objective"]  # as if written before loss.objective existed
     assert compat.check_resume_compatible("/ck", saved, run_config()) == {"loss.objective": (None, "ce")}
+
+
+def test_a_refused_key_the_checkpoint_predates_is_refused_off_its_default():
+    """A checkpoint older than train.optimizer holds AdamW's state: resuming it with muon is refused."""
+    saved = run_config()
+    del saved["config"]["train"]["optimizer"]
+    assert compat.check_resume_compatible("/ck", saved, run_config()) == {"train.optimizer": (None, "adamw")}
+    with pytest.raises(UserError, match=r"^train.optimizer changed since checkpoint /ck \(adamw → muon;"):
+        compat.check_resume_compatible("/ck", saved, run_config({"train.optimizer": "muon"}))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +131,9 @@ def test_a_checkpoint_saved_with_the_old_key_names_reads_under_the_new_ones():
         saved["config"]["train"][old.split(".")[1]] = saved["config"][section].pop(key)
     for section in ("optimizer", "schedule", "loss", "health"):
         del saved["config"][section]
-    assert compat.check_resume_compatible("/ck", saved, run_config()) == {}
+    diff = compat.check_resume_compatible("/ck", saved, run_config())
+    # every moved key matches under its new name; only keys added to those sections since (optimizer.muon_*)
+    # differ, as additions the checkpoint predates
+    assert not set(diff) & set(MOVED_KEYS.values()) and all(old is None for old, _ in diff.values())
     with pytest.raises(UserError, match="loss.objective changed"):
         compat.check_resume_compatible("/ck", saved, run_config({"loss.objective": "distill"}))

@@ -136,6 +136,7 @@ def plan_cmd(
     pp: Annotated[Optional[int], field_option(PlanConfig, "pp")] = None,
     activation_checkpointing: Annotated[Optional[bool], field_option(PlanConfig, "activation_checkpointing")] = None,
     precision: Annotated[Optional[str], field_option(PlanConfig, "precision")] = None,
+    optimizer: Annotated[Optional[str], field_option(PlanConfig, "optimizer")] = None,
     mfu: Annotated[Optional[float], field_option(PlanConfig, "mfu")] = None,
     deadline_days: Annotated[Optional[float], field_option(PlanConfig, "deadline_days")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -155,7 +156,7 @@ def plan_cmd(
     data.update(given(tokens=parse_count(tokens, "--tokens") if tokens else None, seq_len=seq_len,
                       global_batch_tokens=global_batch_tokens, micro_batch_size=micro_batch_size, gpu=gpu, gpus=gpus,
                       gpus_per_node=gpus_per_node, sharding=sharding, tp=tp, pp=pp,
-                      activation_checkpointing=activation_checkpointing, precision=precision, mfu=mfu,
+                      activation_checkpointing=activation_checkpointing, precision=precision, optimizer=optimizer, mfu=mfu,
                       deadline_days=deadline_days))
     result = plan(build_config(PlanConfig, data, recipe or "options"))
     out.print(json.dumps(result, indent=2) if as_json else format_plan(result), markup=False)

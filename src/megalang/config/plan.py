@@ -43,6 +43,10 @@ class PlanConfig(Section):
     pp: int = Field(1, ge=1, description="pipeline stages (1F1B schedule)")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward (keeps its input only)")
     fused_loss: bool = Field(True, description="loss.fused: output layer + loss in token chunks (no full logits)")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="train.optimizer: adamw (2 fp32 moments per parameter) or muon (1 momentum per block "
+        "matrix, AdamW for the rest; Newton–Schulz FLOPs added to each step)"
+    )
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = Field("bf16", description="compute precision: bf16, fp16, fp8 or fp32 (master weights fp32)")
     mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for time estimates")
     deadline_days: float | None = Field(None, gt=0, description="wall-clock budget; the verdict checks it")

@@ -89,6 +89,10 @@ class TrainSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     compile: bool = Field(False, description="torch.compile each block")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw: AdamW for every parameter; muon: Muon (optimizer.muon_*) for the decoder "
+        "blocks' 2-D weight matrices, AdamW for embeddings, the output layer, norms and biases"
+    )
     deterministic: bool = Field(
         False, description="deterministic kernels only (torch.use_deterministic_algorithms; cuBLAS workspace "
         "config, no cuDNN autotuning): a GPU rerun or resume gives bitwise the same weights, at some speed cost"
@@ -104,7 +108,8 @@ class TrainSection(Section):
 
 
 class OptimizerConfig(Section):
-    """AdamW (train/optim.py): decay on matrices and embeddings only, global-norm clipping."""
+    """AdamW (train/optim.py): decay on matrices and embeddings only, global-norm clipping; with
+    train.optimizer=muon, Muon (train/muon.py) for the blocks' matrices, on the same schedule."""
 
     lr: float = Field(6e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
@@ -112,6 +117,26 @@ class OptimizerConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
     eps: float = Field(1e-8, gt=0, description="AdamW denominator epsilon")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
+    # Defaults: Moonshot's scaling ("Muon is Scalable for LLM Training", 2025), which matches the RMS of Muon's update
+    # to AdamW's so that Muon runs on AdamW's lr and weight decay; momentum 0.95, Nesterov and 5 Newton–Schulz steps
+    # are Keller Jordan's. docs/training.md "Muon" has the measured comparison with his lr 0.02.
+    muon_lr: float | None = Field(None, gt=0, description="train.optimizer=muon: Muon's peak learning rate (unset: "
+                                  "optimizer.lr); the schedule scales it as it scales optimizer.lr")
+    muon_weight_decay: float | None = Field(None, ge=0, description="train.optimizer=muon: Muon's decoupled weight "
+                                            "decay, W ← W·(1 − lr·decay) (unset: optimizer.weight_decay)")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="train.optimizer=muon: Muon's (Nesterov) momentum")
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field(
+        "match_rms_adamw", description="train.optimizer=muon: per-matrix lr scale; match_rms_adamw: "
+        "0.2·sqrt(max(rows, cols)), AdamW's update size (Moonshot); original: sqrt(max(1, rows/cols)), for lr ≈ 0.02 "
+        "(Keller Jordan)"
+    )
+    muon_ns_steps: int = Field(5, ge=1, le=20, description="train.optimizer=muon: Newton–Schulz iterations per step")
+
+    def muon_peak_lr(self) -> float:
+        return self.lr if self.muon_lr is None else self.muon_lr
+
+    def muon_decay(self) -> float:
+        return self.weight_decay if self.muon_weight_decay is None else self.muon_weight_decay
 
 
 class ScheduleConfig(Section):
@@ -351,6 +376,18 @@ class RunConfig(Section):
     def _check_min_lr(self) -> RunConfig:
         if self.schedule.min_lr > self.optimizer.lr:
             raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) must be <= optimizer.lr ({self.optimizer.lr})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_optimizer(self) -> RunConfig:
+        if self.train.optimizer != "muon":
+            return self
+        refused = [(self.lora.rank > 0, "lora.rank > 0 (Muon orthogonalises whole matrices, not low-rank adapters)"),
+                   (self.privacy.target_epsilon is not None, "privacy.target_epsilon (DP-SGD wraps one AdamW)"),
+                   (self.parallel.tp > 1, "parallel.tp > 1"), (self.parallel.pp > 1, "parallel.pp > 1")]
+        names = [name for bad, name in refused if bad]
+        if names:
+            raise ValueError(f"train.optimizer=muon does not support {'; '.join(names)}: use train.optimizer=adamw")
         return self
 
     @model_validator(mode="after")

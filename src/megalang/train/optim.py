@@ -1,4 +1,5 @@
-"""AdamW with decay on matrices only, and the learning-rate schedule: linear warmup, then cosine to min_lr."""
+"""The optimizer (AdamW with decay on matrices only, or Muon beside it: train/muon.py) and the learning-rate
+schedule: linear warmup, then cosine to min_lr."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ import math
 import torch
 
 from megalang.config import OptimizerConfig, RunConfig
+from megalang.train.muon import build_muon, is_muon_group
 
 
-def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay only on ndim ≥ 2 (matrices, embeddings).
+def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig, name: str = "adamw") -> torch.optim.Optimizer:
+    """train.optimizer: AdamW over the trainable parameters, or Muon for the blocks' matrices and AdamW for the
+    rest (one `OptimizerPair`, train/muon.py)."""
+    if name == "muon":
+        return build_muon(model, opt, lambda params: build_adamw(params, opt))
+    return build_adamw([p for p in model.parameters() if p.requires_grad], opt)
+
+
+def build_adamw(params: list[torch.nn.Parameter], opt: OptimizerConfig) -> torch.optim.AdamW:
+    """AdamW over `params`; weight decay only on ndim ≥ 2 (matrices, embeddings).
 
     Norm gains (and biases) are left undecayed: shrinking them toward 0 only fights the normalisation.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -43,6 +52,11 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     floor = cfg.schedule.min_lr / cfg.optimizer.lr
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def base_lr(group: dict, opt: OptimizerConfig) -> float:
+    """The peak learning rate of a param group: Muon's (train/muon.py) or AdamW's."""
+    return opt.muon_peak_lr() if is_muon_group(group) else opt.lr
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from megalang.config import MOVED_KEYS
+from megalang.config import MOVED_KEYS, RunConfig
 from megalang.errors import UserError
 from megalang.torch_compat import set_last_lr
-from megalang.train.optim import lr_factor
+from megalang.train.muon import is_muon_group
+from megalang.train.optim import base_lr, lr_factor
 
 # Prefixes of dotted keys (`config.` is dropped; `derived.` keys are values the trainer computes). The longest
 # matching prefix decides. Refused keys come with the name the user knows them by.
@@ -36,6 +37,7 @@ REFUSED = {
     "data.packing": "it changes what a sample is (SFT)",
     "data.overlong": "it changes which samples exist (SFT)",
     "loss.objective": "the loss the run optimises",
+    "train.optimizer": "the saved optimizer state (AdamW's moments, Muon's momentum) is the other optimizer's",
     "lora.rank": "adapter shapes",
     "lora.targets": "which modules hold adapters",
     "lora.qlora": "the base weights' format",
@@ -61,7 +63,9 @@ BENIGN = (
 # Benign changes the checkpoint would otherwise override: the optimizer's param groups and the scheduler's
 # base LR come back from the checkpoint, so these are re-applied after loading (see `apply_optimizer_changes`).
 OPTIMIZER_KEYS = ("optimizer.lr", "schedule.min_lr", "schedule.warmup_steps", "train.max_steps", "optimizer.weight_decay",
-                  "optimizer.beta1", "optimizer.beta2", "optimizer.eps")
+                  "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "optimizer.muon_lr",
+                  "optimizer.muon_weight_decay", "optimizer.muon_momentum", "optimizer.muon_adjust_lr",
+                  "optimizer.muon_ns_steps")
 _ORDER = ("model", "train.seq_len", "derived.global_batch_tokens", "derived.tokenizer_sha256")  # named first
 
 
@@ -124,12 +128,16 @@ def display_name(key: str) -> str:
 def check_resume_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Raise a UserError naming the first refused change (and how many more); return the benign changes."""
     diff = changes(saved, current)
-    known = run_config_keys(saved)  # a key the checkpoint predates keeps its old behaviour at the default: logged only
-    refused = sorted((k for k in diff if classify(k) != "benign" and k in known),
+    known = run_config_keys(saved)
+    # A key the checkpoint predates had its default then: logged only, unless a refused key now has another value
+    # (e.g. train.optimizer=muon on a checkpoint older than the key, whose state is AdamW's).
+    defaults = run_config_keys({"config": RunConfig().model_dump(mode="json")})
+    off_default = {k for k in diff if k not in known and k in defaults and diff[k][1] != defaults[k]}
+    refused = sorted((k for k in diff if classify(k) != "benign" and (k in known or k in off_default)),
                      key=lambda k: next((i for i, p in enumerate(_ORDER) if k == p or k.startswith(p + ".")), len(_ORDER)))
     if refused:
         first = refused[0]
-        old, new = diff[first]
+        old, new = diff[first] if first in known else (defaults[first], diff[first][1])
         others = [display_name(k) for k in refused[1:]]
         also = f"; also changed: {', '.join(others)}" if others else ""
         raise UserError(
@@ -157,14 +165,20 @@ def record_resume(resumes: Path, path: Path, diff: dict[str, tuple[Any, Any]]) -
 
 
 def apply_optimizer_changes(optimizer, scheduler, cfg) -> None:
-    """The checkpoint restored the old LR, betas, eps and weight decay into the param groups and the old base LR
-    into the scheduler; put the new ones in, and the LR of the next step on the new schedule. Weight decay goes
-    to the groups `build_optimizer` decays (all parameters matrices or embeddings)."""
+    """The checkpoint restored the old LR, betas, eps, weight decay (and Muon's momentum, lr scale and
+    Newton–Schulz steps) into the param groups and the old base LRs into the scheduler; put the new ones in, and
+    the LR of the next step on the new schedule. AdamW's weight decay goes to the groups `build_adamw` decays
+    (all parameters matrices or embeddings)."""
     opt = cfg.optimizer
-    scheduler.base_lrs = [opt.lr for _ in optimizer.param_groups]
+    scheduler.base_lrs = [base_lr(group, opt) for group in optimizer.param_groups]
     for group in optimizer.param_groups:
-        group["betas"], group["eps"], group["initial_lr"] = (opt.beta1, opt.beta2), opt.eps, opt.lr
-        if all(p.ndim >= 2 for p in group["params"]):
-            group["weight_decay"] = opt.weight_decay
-        group["lr"] = opt.lr * lr_factor(scheduler.last_epoch, cfg)
+        group["initial_lr"] = base_lr(group, opt)
+        if is_muon_group(group):
+            group["weight_decay"], group["momentum"] = opt.muon_decay(), opt.muon_momentum
+            group["adjust_lr_fn"], group["ns_steps"] = opt.muon_adjust_lr, opt.muon_ns_steps
+        else:
+            group["betas"], group["eps"] = (opt.beta1, opt.beta2), opt.eps
+            if all(p.ndim >= 2 for p in group["params"]):
+                group["weight_decay"] = opt.weight_decay
+        group["lr"] = group["initial_lr"] * lr_factor(scheduler.last_epoch, cfg)
     set_last_lr(scheduler, [group["lr"] for group in optimizer.param_groups])

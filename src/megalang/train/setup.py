@@ -114,7 +114,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         built = build_parallel_model(cfg, manifest["vocab_size"], special_ids(manifest), device, mesh, dims, accum,
                                      loss_fn=cross_entropy)  # a pipeline's last stage: the plain logits loss
         model = built.model
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.train.optimizer)
     if writer_process(cfg, device):  # weights, and AdamW's two moments for the trainable ones, per rank on this node
         check_shared_memory(sum(local_bytes(p) * (3 if p.requires_grad else 1) for p in model.parameters())
                             * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
