@@ -138,10 +138,13 @@ def main() -> None:
             export_seconds[name] = round(time.perf_counter() - started, 1)
             results[name] = bench_onnx(tmp / name.replace(" ", "-"), prompt, window, new_tokens)
     ref = results["transformers fp32"]
+    ref_greedy = ref["greedy"]
     for r in results.values():
         r["perplexity_change"] = round(r["perplexity"] / ref["perplexity"] - 1, 5)
         r["speedup"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
-        r["greedy_agree"] = sum(a == b for a, b in zip(r.pop("greedy"), ref["greedy"])) / new_tokens
+        # greedy texts part at the first differing token and then differ everywhere: count the shared prefix
+        greedy = r.pop("greedy")
+        r["greedy_same_prefix"] = next((i for i, (a, b) in enumerate(zip(greedy, ref_greedy)) if a != b), new_tokens)
         r["perplexity"] = round(r["perplexity"], 4)
     q8 = results["gguf q8_0"]
     print(json.dumps({
