@@ -48,6 +48,10 @@ def evaluate_perplexity(
             total_nll += lm_loss(model, rows[:, 1:], reduction="sum", input_ids=rows[:, :-1]).item()
             total_tokens += rows[:, 1:].numel()
     model.train(was_training)
+    return loss_summary(total_nll, total_tokens)
+
+
+def loss_summary(total_nll: float, total_tokens: int) -> dict[str, float]:
     loss = total_nll / total_tokens
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2), "tokens": total_tokens}
 
@@ -70,8 +74,7 @@ def evaluate_perplexity_llamacpp(llm, split: TokenSplit, seq_len: int, max_windo
         nll, n, _ = sequence_nll(llm, split.window(s, min(seq_len + 1, len(split) - s)).tolist())
         total_nll += nll
         total_tokens += n
-    loss = total_nll / total_tokens
-    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2), "tokens": total_tokens}
+    return loss_summary(total_nll, total_tokens)
 
 
 def perplexity(

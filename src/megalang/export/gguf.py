@@ -9,7 +9,6 @@ no output.weight when the embeddings are tied.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -177,7 +176,6 @@ def tensor_type(name: str, shape: tuple[int, ...], quant: str):
 def _tokenizer_folder(source: Source, scratch: Path) -> Path:
     """The tokenizer files under their Hugging Face names, with the model's config.json beside them (the gguf
     package's vocab readers look for exactly these names in one folder)."""
-    for name, src in source.tokenizer_files.items():
-        shutil.copyfile(src, scratch / name)
+    source.copy_tokenizer(scratch)
     (scratch / "config.json").write_text(json.dumps(source.model.config.to_dict()), encoding="utf-8")
     return scratch

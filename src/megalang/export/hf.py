@@ -4,7 +4,6 @@ The folder loads with `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` a
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ def write_hf(source: Source, dest: Path) -> dict[str, Any]:
     model = source.model
     apply_generation_defaults(model)
     model.save_pretrained(dest, safe_serialization=True)
-    for name, src in source.tokenizer_files.items():
-        shutil.copyfile(src, dest / name)
+    source.copy_tokenizer(dest)
     return {"params": sum(p.numel() for p in model.parameters())}
 
 

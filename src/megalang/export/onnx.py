@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,7 @@ def write_onnx(source: Source, dest: Path, quant: str | None = None) -> dict[str
         quantize_int8(fp32)
     model.config.save_pretrained(dest)
     model.generation_config.save_pretrained(dest)
-    for name, src in source.tokenizer_files.items():
-        shutil.copyfile(src, dest / name)
+    source.copy_tokenizer(dest)
     return {"params": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers,
             "onnx_bytes": sum(f.stat().st_size for f in dest.iterdir() if f.name.startswith(MODEL_FILE)),
             "opset": OPSET}

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ class Source:
     kind: str  # "run" or "export"
     run_config: Any | None  # the run's RunConfig (None for an export folder)
     step: int | None
+
+    def copy_tokenizer(self, dest: Path) -> None:
+        """The tokenizer files into `dest` under their Hugging Face names."""
+        for name, src in self.tokenizer_files.items():
+            shutil.copyfile(src, dest / name)
 
     def input(self) -> dict[str, Any]:
         """How the exported artifact names what it came from (store/manifest.py describe_input). A run that has no

@@ -185,5 +185,7 @@ def find(query: str, dirs: list[str | os.PathLike]) -> dict[str, Any]:
 
 def _same_source(source: str, recorded: str) -> bool:
     """A document's `source` (the path as the reader saw it, or a URL) against a manifest's recorded raw path."""
-    return source == recorded or str(Path(source).resolve()) == recorded if "://" not in source else source == recorded
+    if source == recorded:
+        return True
+    return "://" not in source and str(Path(source).resolve()) == recorded
 
