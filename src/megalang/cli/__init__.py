@@ -10,7 +10,7 @@ import os
 import sys
 
 # Registration order is the order `megalang --help` lists the commands in.
-from megalang.cli import artifacts, data, evaluate, run  # noqa: F401, I001  (not sorted: see above)
+from megalang.cli import artifacts, data, evaluate, federated, run  # noqa: F401, I001  (not sorted: see above)
 from megalang.cli.app import app
 
 __all__ = ["app", "main"]

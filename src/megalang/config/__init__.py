@@ -18,6 +18,7 @@ from megalang.config.data import (
     TokenizeConfig,
     TokenizerTrainConfig,
 )
+from megalang.config.federated import FederatedConfig
 from megalang.config.load import (
     build_config,
     config_help,
@@ -58,6 +59,7 @@ __all__ = [
     "CurriculumConfig",
     "CanaryConfig",
     "DataConfig",
+    "FederatedConfig",
     "DistillConfig",
     "EvalSetConfig",
     "HealthConfig",

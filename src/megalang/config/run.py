@@ -1,5 +1,5 @@
 """Config of a training run (`megalang train`): model, data, train, checkpoint, parallel, metrics, evals, LoRA,
-distillation, privacy, run folder, launcher."""
+distillation, privacy, federated rounds, run folder, launcher."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from megalang.config.base import Section
+from megalang.config.federated import FederatedConfig
 
 # --- training ---------------------------------------------------------------------------------------
 
@@ -361,6 +362,7 @@ class RunConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
     @classmethod
     def prepare_raw(cls, tree: Any) -> Any:

@@ -73,6 +73,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """One JSON line appended and synced: a log that a crash leaves readable up to its last whole line."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     try:

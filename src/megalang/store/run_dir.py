@@ -14,6 +14,15 @@
     RUN/canaries.jsonl         data.canaries: the canary chats added to the train split (each line once per repeat)
     RUN/privacy.json           written by `megalang eval privacy`: ε beside canary exposure and membership inference
     RUN/classify-data/         data.classify (and data.classify_val) tokenized with the model's tokenizer
+    RUN/federated-base.safetensors  a federated site: its trainable weights before round 1 (global = base + sum)
+    RUN/federated.jsonl        a federated site: one line per round (what it received, trained and sent)
+
+A federation's server writes a folder of its own (`ServerDir`):
+
+    SERVER/rounds/round-N/     the global update after round N (global.safetensors) and state.json; round-N.tmp
+                               while written
+    SERVER/rounds.jsonl        one line per round: accepted and rejected sites, reasons, bytes, times, ε
+    SERVER/summary.json        written when the last round is done
 """
 
 from __future__ import annotations
@@ -136,5 +145,42 @@ class RunDir:
     def classify_data(self) -> Path:
         return self.root / "classify-data"
 
+    @property
+    def federated_base(self) -> Path:
+        return self.root / "federated-base.safetensors"
+
+    @property
+    def federated_log(self) -> Path:
+        return self.root / "federated.jsonl"
+
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+@dataclass(frozen=True)
+class ServerDir:
+    """Every path of a federation server's folder (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds"
+
+    def round(self, n: int) -> Path:
+        return self.rounds / f"round-{n}"
+
+    def round_numbers(self) -> list[int]:
+        """The complete rounds saved, ascending (a `round-N.tmp` folder is an interrupted write)."""
+        if not self.rounds.is_dir():
+            return []
+        found = (re.match(r"^round-(\d+)$", p.name) for p in self.rounds.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    @property
+    def log(self) -> Path:
+        return self.root / "rounds.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"

@@ -56,6 +56,8 @@ BENIGN = (
     "train.precision", "train.device", "train.compile", "train.deterministic", "train.activation_checkpointing",
     "train.activation_checkpointing_every", "train.micro_batch_size", "train.global_batch_tokens",
     "checkpoint", "parallel", "run", "metrics", "evals", "launcher", "workers", "ray",
+    # a site's checkpoint holds the global weights of a round: the federation's settings do not change its meaning
+    "federated",
     # data.shards/sft*: where the tokens come from; the tokens themselves are checked by derived.shards_content_sha256
     "data.verify", "data.shards", "data.sft", "data.sft_val", "data.sft_val_fraction", "data.classify_val", "lora.dropout", "distill.alpha", "distill.temperature",
     "derived.world_size", "derived.parallel", "derived.grad_accum", "derived.tokenizer_path", "derived.shards",

@@ -56,9 +56,10 @@ def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
     return summary
 
 
-def train_step(t: Trainer, report: LineReporter) -> None:
+def train_step(t: Trainer, report: LineReporter, hooks: bool = True) -> None:
     """One optimizer step and what follows it; host syncs happen only in `log`, `maybe_eval` and (unless
-    health.nonfinite=off and no spike guard) the health check before the update."""
+    health.nonfinite=off and no spike guard) the health check before the update. `hooks=False` (a federated
+    site's local steps, federated/local.py): no evals and no checkpoint; the site saves the round's global weights."""
     step = t.step + 1
     logging = step == 1 or step % t.cfg.train.log_every == 0 or step == t.cfg.train.max_steps
     loss = forward_backward(t)
@@ -67,11 +68,12 @@ def train_step(t: Trainer, report: LineReporter) -> None:
     t.step, t.tokens_seen = step, t.tokens_seen + t.tokens_per_step
     t.clock.steps += 1
     t.clock.paused += t.monitor.after_step()  # the thermal guard's pause, if any, is not training time
-    val = maybe_eval(t)
-    task_evals = maybe_run_task_evals(t)  # recipe `evals:` sets (evaluate/during_training.py), {} when none are due
+    val = maybe_eval(t) if hooks else None
+    task_evals = maybe_run_task_evals(t) if hooks else {}  # recipe `evals:` sets, {} when none are due
     if logging or val is not None or task_evals:
         log(t, report, loss, lr, grad_norm, val, task_evals)
-    maybe_save(t)
+    if hooks:
+        maybe_save(t)
 
 
 # --- phases -----------------------------------------------------------------------------------------
@@ -214,8 +216,12 @@ def log(
 def maybe_save(t: Trainer) -> None:
     """Every `checkpoint.every` steps, and always at the last step (the run's product is its final weights)."""
     every, last = t.cfg.checkpoint.every, t.step == t.cfg.train.max_steps
-    if not (last or (every and t.step % every == 0)):
-        return
+    if last or (every and t.step % every == 0):
+        save_checkpoint(t)
+
+
+def save_checkpoint(t: Trainer) -> None:
+    """A checkpoint of the model as it is now, at `t.step`; its time is not training time."""
     started = time.perf_counter()
     t.checkpointer.save(  # finishes a save still in flight first: one at a time
         t.step, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, loader=t.loader,
