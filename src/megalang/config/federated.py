@@ -55,9 +55,6 @@ class FederatedConfig(Section):
         if self.dp_noise > 0 and self.weighting != "uniform":
             raise ValueError("federated.dp_noise > 0 needs federated.weighting=uniform (weights by example counts "
                              "would let one site's update exceed the calibrated sensitivity)")
-        if self.encryption == "ckks" and not self.context:
-            raise ValueError("federated.encryption=ckks needs federated.context (public.ctx for the server, "
-                             "secret.ctx for a site; `megalang federated keygen KEYS`)")
         if self.site is not None and not self.site.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"federated.site={self.site!r}: use letters, digits, - and _ only (it names a folder)")
         return self

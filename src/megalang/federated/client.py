@@ -53,8 +53,9 @@ def site_context(cfg: RunConfig):
     if fed.encryption != "ckks":
         return None
     from megalang.federated.crypto import load_context
+    from megalang.federated.server import context_file
 
-    context = load_context(fed.context)
+    context = load_context(context_file(fed.context, "secret.ctx"))
     if not context.has_secret:
         raise UserError(f"federated.context={fed.context}: a site needs secret.ctx (it decrypts the aggregate); "
                         "public.ctx is the server's")

@@ -58,6 +58,15 @@ def check_free(address: str) -> None:
                             "or stop the process that holds it") from None
 
 
+def context_file(path: str | None, name: str) -> str:
+    """federated.context may name a `megalang federated keygen` folder: the server reads its public.ctx, a site
+    its secret.ctx (a folder holding only public.ctx is what the server's machine should have)."""
+    if not path:
+        raise UserError(f"federated.encryption=ckks needs federated.context: the keygen folder or its {name} "
+                        "(`megalang federated keygen KEYS` makes them)")
+    return str(Path(path) / name) if Path(path).is_dir() else path
+
+
 def server_context(cfg: RunConfig):
     """The public CKKS context (None in the clear); a context holding the secret key is refused."""
     fed = cfg.federated
@@ -65,7 +74,7 @@ def server_context(cfg: RunConfig):
         return None
     from megalang.federated.crypto import load_context
 
-    context = load_context(fed.context)
+    context = load_context(context_file(fed.context, "public.ctx"))
     if context.has_secret:
         raise UserError(f"federated.context={fed.context} holds the secret key: the server must not; give it "
                         "public.ctx from the same `megalang federated keygen` folder")
@@ -97,7 +106,7 @@ def serve(cfg: RunConfig, log=print, abort=None) -> dict:
                                      config=flwr.server.ServerConfig(num_rounds=remaining,
                                                                      round_timeout=fed.round_timeout_s))
     summary = {"rounds": state.round, "encryption": fed.encryption, "strategy": fed.strategy,
-               "pins": state.pins, "server_dir": str(server_dir.root.resolve())}
+               "pins": {k: v for k, v in state.pins.items() if k != "shapes"}, "server_dir": str(server_dir.root.resolve())}
     if state.dp_history:
         summary.update(epsilon=epsilon(state.dp_history, fed.dp_delta), delta=fed.dp_delta,
                        noise_multiplier=fed.dp_noise, clip=fed.dp_clip)
