@@ -1,0 +1,124 @@
+"""`megalang federated …` from the command line: an encrypted federation gives the plaintext one's model within
+CKKS precision, and every mistake a user can make is one line and exit code 2, before any model loads."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from megalang.cli import app
+
+QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
+             "What is 3 plus 4?", "Which planet is largest?", "What do bees make?"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["federated", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keys") / "keys"
+    result = invoke("keygen", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def chats(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "completion": a}) + "\n"
+                            for q in QUESTIONS for a in ("Yes.", "No.")), encoding="utf-8")
+    return path
+
+
+def learned(run, base):
+    """What the federation changed: the run's merged weights minus the pretrained ones."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from megalang.model.load import load_trained_model
+
+    model, _ = load_trained_model(run)
+    start = dict(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).named_parameters())
+    return np.concatenate([(p - start[n]).detach().double().numpy().ravel() for n, p in model.named_parameters()])
+
+
+@pytest.mark.slow
+def test_an_encrypted_federation_gives_the_plaintext_model(tiny_pretrained, chats, keys, tmp_path):
+    common = ["recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}", f"data.sft={chats}", "clients=2",
+              "federated.rounds=2", "federated.local_steps=3", "train.seq_len=64"]
+    runs = {}
+    for mode in ("none", "ckks"):
+        runs[mode] = tmp_path / mode
+        result = invoke("simulate", *common, f"run.dir={runs[mode]}", f"federated.encryption={mode}",
+                        f"federated.context={keys}", f"federated.address=127.0.0.1:{free_port()}")
+        assert result.exit_code == 0, result.output + (runs[mode] / "site-0.log").read_text()[-2000:]
+    plain, encrypted = learned(runs["none"] / "site-0", tiny_pretrained), learned(runs["ckks"] / "site-0", tiny_pretrained)
+    assert np.linalg.norm(plain) > 0 and np.linalg.norm(encrypted - plain) / np.linalg.norm(plain) < 1e-4
+    rounds = {m: [json.loads(x) for x in (runs[m] / "server" / "rounds.jsonl").read_text().splitlines()]
+              for m in runs}
+    # Ciphertexts: ~57 bytes per value on the way in, against 4 for float32.
+    assert rounds["ckks"][0]["received_bytes"] > 10 * rounds["none"][0]["received_bytes"]
+    state = json.loads((runs["ckks"] / "server" / "rounds" / "round-2" / "state.json").read_text())
+    assert state["encryption"] == "ckks" and state["context_sha256"]
+
+
+def test_the_server_refuses_the_secret_key_and_a_site_the_public_one(keys, tmp_path):
+    common = ["recipes/federated-lora.yaml", "model.pretrained=unused", f"run.dir={tmp_path / 'r'}"]
+    result = invoke("server", *common, f"federated.context={keys / 'secret.ctx'}")
+    assert result.exit_code == 2 and "holds the secret key: the server must not" in result.output
+    result = invoke("client", *common, "site=a", f"federated.context={keys / 'public.ctx'}", "data.sft=x.jsonl")
+    assert result.exit_code == 2 and "a site needs secret.ctx" in result.output
+    result = invoke("server", *common, "federated.context=null")
+    assert result.exit_code == 2 and "federated.encryption=ckks needs federated.context" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["client", "recipes/federated-lora.yaml", "federated.encryption=none"], "needs site=NAME"),
+    (["client", "recipes/federated-lora.yaml", "site=../../etc"], "letters, digits, - and _ only"),
+    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none"], "needs clients=N"),
+    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=2", "data.shards=/nope"],
+     "needs federated.site_data"),
+    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=3", "federated.site_data=[a]"],
+     "names 1 sources"),
+    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=1"], "fewer than federated.min_clients"),
+    (["server", "recipes/federated-lora.yaml", "federated.encryption=none", "federated.address=nonsense"],
+     "expected HOST:PORT"),
+    (["server", "recipes/federated-lora.yaml", "federated.dp_noise=1"], "needs federated.dp_clip"),
+])
+def test_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
+    result = invoke(*args, f"run.dir={tmp_path / 'r'}")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_address_in_use_and_an_existing_key_folder(keys, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = invoke("server", "recipes/federated-lora.yaml", "federated.encryption=none",
+                        f"federated.address=127.0.0.1:{port}", f"run.dir={tmp_path / 'r'}")
+    assert result.exit_code == 2 and f"127.0.0.1:{port}: cannot listen there" in result.output
+    result = invoke("keygen", keys)
+    assert result.exit_code == 2 and "never overwritten" in result.output
+
+
+def test_simulate_with_a_dealt_jsonl_reports_a_bad_site_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe not utf-8\n")
+    result = invoke("simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=2",
+                    f"data.sft={bad}", f"run.dir={tmp_path / 'r'}", f"federated.address=127.0.0.1:{free_port()}")
+    assert result.exit_code == 2 and f"data.sft={bad}: cannot read it" in result.output
