@@ -32,8 +32,9 @@ def update(seed: int, scale: float = 0.01) -> list[np.ndarray]:
 
 
 def fit_res(site: str, arrays: list[np.ndarray], examples: int = 10, **metrics) -> tuple[Proxy, FitRes]:
-    base = {"site": site, "layout_sha256": "L" * 64, "base_sha256": "B" * 64, "size": sum(a.size for a in arrays),
-            "examples": examples, "loss": 1.0, "steps": 3}
+    size = 20 if arrays and arrays[-1].dtype == np.uint8 else sum(a.size for a in arrays)  # ciphertexts: 20 values
+    base = {"site": site, "layout_sha256": "L" * 64, "base_sha256": "B" * 64, "size": size, "examples": examples,
+            "loss": 1.0, "steps": 3}
     base.update(metrics)
     return Proxy(site), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, base)
 
@@ -147,3 +148,25 @@ def test_round_checkpoint_round_trip_and_damage(tmp_path):
     blob.write_bytes(bytes(data))
     with pytest.raises(UserError, match="differs from state.json"):
         load_state(server, FederatedConfig(), None)
+
+
+def test_encrypted_rounds_reject_junk_and_decrypt_to_the_weighted_mean(tmp_path):
+    pytest.importorskip("tenseal")
+    from megalang.federated.crypto import decrypt, encrypt, keygen, load_context
+    from megalang.federated.updates import to_wire
+
+    keygen(tmp_path / "keys")
+    secret, public = load_context(tmp_path / "keys" / "secret.ctx"), load_context(tmp_path / "keys" / "public.ctx")
+    cfg = FederatedConfig(min_clients=2, encryption="ckks", context=str(tmp_path / "keys"))
+    s = FederatedStrategy(cfg, ServerState(encryption="ckks"), ServerDir(tmp_path / "server"), public, log=lambda m: None)
+    ups = [concat(update(i)) for i in range(2)]
+    wire = [to_wire(encrypt(secret, u)) for u in ups]
+    junk = [wire[0][0], np.frombuffer(b"\x07" * int(wire[0][0].sum()), dtype=np.uint8)]
+    params, _ = s.aggregate_fit(1, [fit_res("a", wire[0], 10), fit_res("b", wire[1], 30),
+                                    fit_res("evil", junk, 10)], [])
+    line = json.loads((tmp_path / "server" / "rounds.jsonl").read_text().splitlines()[-1])
+    assert line["accepted"] == ["a", "b"] and "not a CKKS ciphertext" in line["rejected"]["evil"]
+    from megalang.federated.updates import from_wire
+
+    got = decrypt(secret, from_wire(parameters_to_ndarrays(params)), 20)
+    np.testing.assert_allclose(got, 0.25 * ups[0] + 0.75 * ups[1], atol=1e-7)

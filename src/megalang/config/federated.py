@@ -19,6 +19,9 @@ class FederatedConfig(Section):
     min_clients: int = Field(2, ge=1, description="sites a round waits for, and the answers it needs to complete")
     round_timeout_s: float = Field(600.0, gt=0, description="a site that has not answered by then is dropped from "
                                    "the round")
+    evaluate_every: int = Field(0, ge=0, description="rounds between federated evaluations: the sites adopt the "
+                                "global weights, checkpoint them and score their held-out split (0 = only after the "
+                                "last round; each one sends the global weights to every site once more)")
     strategy: Literal["fedavg", "fedprox"] = Field("fedavg", description="fedavg, or fedprox (a proximal term "
                                                    "pulls local weights toward the global ones)")
     proximal_mu: float = Field(0.01, ge=0, description="strategy=fedprox: weight μ of the proximal term μ/2·‖w−w_g‖²")

@@ -80,7 +80,11 @@ class Site:
         if self.context is not None:
             from megalang.federated.crypto import decrypt
 
-            accumulated = decrypt(self.context, from_wire(parameters), self.size)
+            try:
+                chunks = from_wire(parameters)
+            except ValueError as e:
+                raise UserError(f"the server's message is not this federation's ciphertexts ({e})") from None
+            accumulated = decrypt(self.context, chunks, self.size)
         else:
             accumulated = concat(parameters)
             if accumulated.size != self.size:
@@ -102,6 +106,7 @@ class Site:
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         received, self.last_message = time.time(), time.monotonic()
         accumulated = self.receive(parameters)
+        decrypt_s = time.monotonic() - self.last_message
         result = self.local.fit(accumulated, int(config["local_steps"]), float(config.get("proximal_mu", 0.0)))
         update, norm, clipped = clip(result.update, self.fed.dp_clip)
         if not np.isfinite(update).all():
@@ -118,17 +123,18 @@ class Site:
         append_jsonl(self.local.t.run.federated_log, {
             "event": "fit", "round": int(config.get("round", 0)), "time": received,
             "global_sha256": payload_sha256(parameters), "loss": result.loss, "steps": result.steps,
-            "train_s": round(result.seconds, 3), "encrypt_s": round(encrypt_s, 3), "update_norm": norm,
+            "decrypt_s": round(decrypt_s, 3), "train_s": round(result.seconds, 3), "encrypt_s": round(encrypt_s, 3), "update_norm": norm,
             "clipped": bool(clipped), "sent_bytes": sum(a.nbytes for a in payload)})
         return payload, self.local.examples, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         self.last_message = time.monotonic()
         accumulated = self.receive(parameters)
+        decrypt_s = time.monotonic() - self.last_message
         val_loss = self.local.adopt(accumulated)
         append_jsonl(self.local.t.run.federated_log, {
             "event": "adopt", "round": int(config.get("round", 0)), "time": time.time(), "step": self.local.t.step,
-            "global_sha256": payload_sha256(parameters), "val_loss": val_loss})
+            "global_sha256": payload_sha256(parameters), "decrypt_s": round(decrypt_s, 3), "val_loss": val_loss})
         if val_loss is None:
             return 0.0, 0, {"site": self.name}
         return float(val_loss), self.local.examples, {"site": self.name}

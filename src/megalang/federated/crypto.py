@@ -123,21 +123,27 @@ def encrypt(context: Context, flat: np.ndarray) -> list[bytes]:
             for i in range(0, values.size, slots)]
 
 
+def vectors(context: Context, chunks: list[bytes]) -> list[Any]:
+    """The ciphertexts deserialized (BadCiphertext if one is not); `weighted_sum` takes these or bytes."""
+    return [_vector(context, chunk) for chunk in chunks]
+
+
 def chunk_sizes(context: Context, chunks: list[bytes]) -> list[int]:
     """How many values each ciphertext holds: what the server can check without the secret key."""
-    return [_vector(context, chunk).size() for chunk in chunks]
+    return [v.size() for v in vectors(context, chunks)]
 
 
-def weighted_sum(context: Context, updates: list[list[bytes]], weights: list[float], base: list[bytes] | None = None,
+def weighted_sum(context: Context, updates: list[list], weights: list[float], base: list[bytes] | None = None,
                  noise: np.ndarray | None = None) -> list[bytes]:
     """Σ weights[k]·updates[k] (+ base, an earlier result) (+ noise, in plaintext), ciphertext by ciphertext, with
-    whatever context is given (the server's holds no secret key)."""
+    whatever context is given (the server's holds no secret key). Updates: serialized ciphertexts or `vectors`."""
     slots = CkksParams().slots
     out = []
     for i in range(len(updates[0])):
         total = None
         for update, weight in zip(updates, weights):
-            term = _vector(context, update[i]) * float(weight)
+            vector = update[i] if not isinstance(update[i], bytes) else _vector(context, update[i])
+            term = vector * float(weight)
             total = term if total is None else total + term
         if base is not None:
             total = total + _vector(context, base[i])

@@ -96,6 +96,14 @@ class FederatedStrategy(FedProx):
                                 f"{self.state.round} when restarted")
             time.sleep(0.2)
 
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        """The round's global weights to every site (adopted, checkpointed, scored) every `evaluate_every` rounds
+        and after the last one."""
+        every, done = self.fed.evaluate_every, self.state.round
+        if done < self.fed.rounds and not (every and done % every == 0):
+            return []
+        return super().configure_evaluate(server_round, parameters, client_manager)
+
     def evaluate(self, server_round: int, parameters: Parameters):
         return None  # no central data: the sites score the global weights on their held-out splits
 
@@ -106,12 +114,13 @@ class FederatedStrategy(FedProx):
         candidates, rejected = [], {}
         for proxy, res in results:
             site = str(res.metrics.get("site", proxy.cid))
-            arrays = parameters_to_ndarrays(res.parameters)
-            reason = check_metrics(dict(res.metrics)) or self._check_update(arrays, res.metrics)
+            reason = check_metrics(dict(res.metrics))
+            if not reason:
+                reason, update = self._check_update(parameters_to_ndarrays(res.parameters), res.metrics)
             if reason:
                 rejected[site] = reason
                 continue
-            candidates.append((site, arrays, dict(res.metrics)))
+            candidates.append((site, update, dict(res.metrics)))
         candidates = self._pin(candidates, rejected)
         record: dict[str, Any] = {
             "round": self.state.round + 1, "accepted": [s for s, _, _ in candidates], "rejected": rejected,
@@ -133,7 +142,7 @@ class FederatedStrategy(FedProx):
             from megalang.federated.crypto import weighted_sum
 
             base = from_wire(self.state.accumulated) if self.state.accumulated else None
-            summed = weighted_sum(self.context, [from_wire(a) for _, a, _ in candidates], weights, base, noise)
+            summed = weighted_sum(self.context, [u for _, u, _ in candidates], weights, base, noise)
             self.state.accumulated = to_wire(summed)
         else:
             mean = fedavg([concat(a) for _, a, _ in candidates], weights)
@@ -151,27 +160,29 @@ class FederatedStrategy(FedProx):
         self._finish_round(record, started)
         return ndarrays_to_parameters(self.state.accumulated), {"accepted": len(candidates)}
 
-    def _check_update(self, arrays: list[np.ndarray], metrics: dict) -> str | None:
+    def _check_update(self, arrays: list[np.ndarray], metrics: dict) -> tuple[str | None, Any]:
+        """(the reason to reject a site's update or None, the update: its arrays in the clear, its deserialized
+        ciphertexts under CKKS, which the aggregation then reuses)."""
         pins = self.state.pins
         for key in ("layout_sha256", "base_sha256", "size"):
             if key in pins and metrics[key] != pins[key]:
                 return (f"{key} {str(metrics[key])[:16]} differs from the federation's {str(pins[key])[:16]}: the "
-                        "site runs another recipe (model.*, lora.*, seed)")
+                        "site runs another recipe (model.*, lora.*, seed)"), None
         if self.context is None:
             shapes = pins.get("shapes")
             layout = [(f"tensor {i}", tuple(s)) for i, s in enumerate(shapes or [a.shape for a in arrays])]
+            values = sum(a.size for a in arrays)
             return check_plain(arrays, layout, self.fed.dp_clip) or (
-                f"{sum(a.size for a in arrays)} values, the site says size={metrics['size']}"
-                if sum(a.size for a in arrays) != metrics["size"] else None)
-        from megalang.federated.crypto import BadCiphertext, chunk_sizes
+                f"{values} values, the site says size={metrics['size']}" if values != metrics["size"] else None), arrays
+        from megalang.federated.crypto import vectors
 
         try:
-            sizes = chunk_sizes(self.context, from_wire(arrays))
-        except BadCiphertext as e:
-            return f"not a CKKS ciphertext of this federation's context: {e}"
-        if sum(sizes) != metrics["size"]:
-            return f"ciphertexts hold {sum(sizes)} values, the site says size={metrics['size']}"
-        return None
+            loaded = vectors(self.context, from_wire(arrays))
+        except ValueError as e:  # BadCiphertext, or a malformed pair of arrays
+            return f"not a CKKS ciphertext of this federation's context: {e}", None
+        if sum(v.size() for v in loaded) != metrics["size"]:
+            return f"ciphertexts hold {sum(v.size() for v in loaded)} values, the site says size={metrics['size']}", None
+        return None, loaded
 
     def _pin(self, candidates: list, rejected: dict[str, str]) -> list:
         """Round 1 fixes what every later update must match (layout, base weights, size, shapes): the value most
@@ -182,7 +193,7 @@ class FederatedStrategy(FedProx):
         def key(c):
             m = c[2]
             return (m["layout_sha256"], m["base_sha256"], m["size"],
-                    None if self.context is not None else tuple(tuple(a.shape) for a in c[1]))
+                    None if self.context is not None else tuple(tuple(a.shape) for a in c[1]))  # c[1]: the arrays
 
         winner, _ = Counter(key(c) for c in candidates).most_common(1)[0]
         self.state.pins = {"layout_sha256": winner[0], "base_sha256": winner[1], "size": winner[2]}
@@ -205,6 +216,7 @@ class FederatedStrategy(FedProx):
         record["round_s"] = round(time.perf_counter() - getattr(self, "_round_started", started), 3)
         record["global_sha256"] = save_round(self.dir, self.state)  # the checkpoint comes before the log line
         record["sent_bytes_per_site"] = sum(a.nbytes for a in self.state.accumulated)
+        record["time"] = time.time()
         append_jsonl(self.dir.log, record)
         if os.environ.get(SERVER_KILL_ENV) == str(self.state.round):  # crash tests: die as a power cut would
             os.kill(os.getpid(), signal.SIGKILL)
