@@ -3,7 +3,7 @@ projection, 2.44 M values) on SmolLM2-135M-Instruct, 4 sites as processes on 127
 simulate`), the same data, seeds and rounds; per round: wall time, bytes on the wire, and the encrypt / add / decrypt
 time. One JSON line.
 
-Usage: python bench/federated.py [rounds] [local_steps]      (default 3 rounds of 5 local steps)
+Usage: python bench/federated.py [rounds] [local_steps]      (default 3 rounds of 10 local steps, the recipe's)
 
 Round wall time is the time between the ends of consecutive rounds at the server (local training, the sites'
 encryption, transfer, aggregation, the checkpoint, distributing and adopting the previous round's global weights),
@@ -75,7 +75,7 @@ def run(mode: str, model: Path, chats: Path, keys: Path, root: Path, rounds: int
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(os.environ.get("BENCH_KEEP", tmp))

@@ -122,3 +122,59 @@ def test_simulate_with_a_dealt_jsonl_reports_a_bad_site_file(tmp_path):
     result = invoke("simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=2",
                     f"data.sft={bad}", f"run.dir={tmp_path / 'r'}", f"federated.address=127.0.0.1:{free_port()}")
     assert result.exit_code == 2 and f"data.sft={bad}: cannot read it" in result.output
+
+
+def make_tls(folder):
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files in `folder`)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "federation test CA")])
+
+    def certificate(subject, public_key, *extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    (folder / "ca.pem").write_bytes(certificate(ca_name, ca_key.public_key(),
+                                                (x509.BasicConstraints(ca=True, path_length=None), True)))
+    (folder / "server.pem").write_bytes(certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key(),
+        (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)))
+    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_federation_over_tls(tiny_pretrained, chats, tmp_path):
+    tls = make_tls(tmp_path / "tls")
+    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}", f"data.sft={chats}",
+                    "clients=2", "federated.rounds=1", "federated.local_steps=2", "train.seq_len=64",
+                    "federated.encryption=none", f"run.dir={tmp_path / 'r'}", f"federated.address=127.0.0.1:{free_port()}",
+                    f"federated.tls_ca={tls / 'ca.pem'}", f"federated.tls_cert={tls / 'server.pem'}",
+                    f"federated.tls_key={tls / 'server.key'}")
+    assert result.exit_code == 0, result.output + (tmp_path / "r" / "site-0.log").read_text()[-2000:]
+    rounds = [json.loads(x) for x in (tmp_path / "r" / "server" / "rounds.jsonl").read_text().splitlines()]
+    assert sorted(rounds[0]["accepted"]) == ["0", "1"]
+
+
+def test_tls_files_are_checked(tmp_path):
+    (tmp_path / "not.pem").write_text("hello")
+    common = ["server", "recipes/federated-lora.yaml", "federated.encryption=none", f"run.dir={tmp_path / 'r'}",
+              f"federated.address=127.0.0.1:{free_port()}"]
+    result = invoke(*common, f"federated.tls_ca={tmp_path / 'not.pem'}")
+    assert result.exit_code == 2 and "needs federated.tls_ca, federated.tls_cert and federated.tls_key" in result.output
+    result = invoke(*common, *(f"federated.tls_{k}={tmp_path / 'not.pem'}" for k in ("ca", "cert", "key")))
+    assert result.exit_code == 2 and "is not a PEM file" in result.output

@@ -14,6 +14,10 @@ class FederatedConfig(Section):
 
     address: str = Field("127.0.0.1:9092", description="HOST:PORT the server listens on and the clients dial "
                          "(loopback by default; set a network address only to federate across machines)")
+    tls_ca: str | None = Field(None, description="PEM CA certificate: the server's certificate must chain to it "
+                               "(sites verify it; set on the server and every site to encrypt the gRPC channel)")
+    tls_cert: str | None = Field(None, description="server: its PEM certificate (for the host in federated.address)")
+    tls_key: str | None = Field(None, description="server: the PEM private key of tls_cert")
     rounds: int = Field(3, ge=1, description="federated rounds (each: local steps at every site, then aggregation)")
     local_steps: int = Field(10, ge=1, description="optimizer steps each site takes per round")
     min_clients: int = Field(2, ge=1, description="sites a round waits for, and the answers it needs to complete")
@@ -29,8 +33,8 @@ class FederatedConfig(Section):
                                                       "examples, or equal (dp_noise > 0 needs uniform)")
     encryption: Literal["none", "ckks"] = Field("none", description="ckks: sites send CKKS ciphertexts (TenSEAL); the "
                                                 "server adds them without the secret key")
-    context: str | None = Field(None, description="encryption=ckks: the server's public.ctx or a site's secret.ctx "
-                                "(from `megalang federated keygen`)")
+    context: str | None = Field(None, description="encryption=ckks: the `megalang federated keygen` folder, or the "
+                                "server's public.ctx / a site's secret.ctx in it")
     dp_clip: float = Field(0.0, ge=0, description="client-level DP: each site clips its update to this L2 norm "
                            "(0 = no clipping)")
     dp_noise: float = Field(0.0, ge=0, description="client-level DP: Gaussian noise multiplier z; the server adds "
@@ -41,7 +45,9 @@ class FederatedConfig(Section):
     site: str | None = Field(None, description="client: this site's name (its run folder is run.dir/site-NAME)")
     site_data: list[str] = Field(default_factory=list, description="simulate: data.sft (or data.shards) of each site, "
                                  "one per client; unset: data.sft's lines dealt round-robin")
-    clients: int | None = Field(None, ge=1, description="simulate: number of sites (default: len(site_data))")
+    clients: int | None = Field(None, ge=1, description="sites expected: the first round waits up to round_timeout_s "
+                                "for them (then starts with min_clients); simulate starts this many (default: "
+                                "len(site_data))")
 
     @field_validator("site", mode="before")
     @classmethod

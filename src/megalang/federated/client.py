@@ -170,10 +170,11 @@ def run_site(cfg: RunConfig, log=print) -> dict:
     the site run's summary (the run folder is then complete: `megalang export --run RUN` releases the global model)."""
     import flwr
 
-    from megalang.federated.server import flower_quiet
+    from megalang.federated.server import flower_quiet, read_pem
 
     cfg = site_config(cfg)
     context = site_context(cfg)
+    ca = read_pem(cfg.federated.tls_ca, "federated.tls_ca") if cfg.federated.tls_ca else None
     local = LocalTrainer(cfg)
     try:
         site = Site(cfg, local, context)
@@ -192,8 +193,8 @@ def run_site(cfg: RunConfig, log=print) -> dict:
             f"dialling {cfg.federated.address}")
         with flower_quiet():
             serve_rounds(lambda: flwr.client.start_client(
-                server_address=cfg.federated.address, client=FlowerSite().to_client(), insecure=True,
-                max_wait_time=cfg.federated.round_timeout_s), site, cfg.federated, log)
+                server_address=cfg.federated.address, client=FlowerSite().to_client(), insecure=ca is None,
+                root_certificates=ca, max_wait_time=cfg.federated.round_timeout_s), site, cfg.federated, log)
         return local.finish()
     finally:
         local.close()

@@ -67,6 +67,32 @@ def context_file(path: str | None, name: str) -> str:
     return str(Path(path) / name) if Path(path).is_dir() else path
 
 
+def read_pem(path: str, key: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{key}={path}: cannot read it ({e.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise UserError(f"{key}={path} is not a PEM file (-----BEGIN …-----): give the PEM certificate or key")
+    return data
+
+
+def tls_files(cfg: RunConfig) -> tuple[bytes, bytes, bytes] | None:
+    """(CA, certificate, key) for Flower's TLS server, or None: gRPC in the clear, which the log says when the
+    address is not the loopback."""
+    fed = cfg.federated
+    given = [fed.tls_ca, fed.tls_cert, fed.tls_key]
+    if not any(given):
+        if split_address(fed.address)[0] not in ("127.0.0.1", "localhost", "::1"):
+            print(f"federated: warning: {fed.address} is served without TLS: updates (ciphertexts under "
+                  "encryption=ckks) and metrics cross the network in the clear; set federated.tls_*", flush=True)
+        return None
+    if not all(given):
+        raise UserError("the server's TLS needs federated.tls_ca, federated.tls_cert and federated.tls_key together")
+    return (read_pem(fed.tls_ca, "federated.tls_ca"), read_pem(fed.tls_cert, "federated.tls_cert"),
+            read_pem(fed.tls_key, "federated.tls_key"))
+
+
 def server_context(cfg: RunConfig):
     """The public CKKS context (None in the clear); a context holding the secret key is refused."""
     fed = cfg.federated
@@ -102,7 +128,7 @@ def serve(cfg: RunConfig, log=print, abort=None) -> dict:
         log(f"federated: server on {fed.address}, {remaining} rounds, waiting for {fed.clients or fed.min_clients} "
             f"sites (encryption={fed.encryption})")
         with flower_quiet():
-            flwr.server.start_server(server_address=fed.address, strategy=strategy,
+            flwr.server.start_server(server_address=fed.address, strategy=strategy, certificates=tls_files(cfg),
                                      config=flwr.server.ServerConfig(num_rounds=remaining,
                                                                      round_timeout=fed.round_timeout_s))
     summary = {"rounds": state.round, "encryption": fed.encryption, "strategy": fed.strategy,
