@@ -178,3 +178,26 @@ def test_tls_files_are_checked(tmp_path):
     assert result.exit_code == 2 and "needs federated.tls_ca, federated.tls_cert and federated.tls_key" in result.output
     result = invoke(*common, *(f"federated.tls_{k}={tmp_path / 'not.pem'}" for k in ("ca", "cert", "key")))
     assert result.exit_code == 2 and "is not a PEM file" in result.output
+
+
+@pytest.mark.slow
+def test_client_level_dp_with_dp_sgd_inside_each_site(tiny_pretrained, chats, tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    root = tmp_path / "r"
+    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}", f"data.sft={chats}",
+                    "clients=2", "federated.rounds=2", "federated.local_steps=2", "train.seq_len=64",
+                    "federated.encryption=none", f"run.dir={root}", f"federated.address=127.0.0.1:{free_port()}",
+                    "federated.dp_clip=0.05", "federated.dp_noise=0.8", "federated.weighting=uniform",
+                    "privacy.target_epsilon=8", "privacy.delta=0.01", "data.packing=false")
+    assert result.exit_code == 0, result.output + (root / "site-0.log").read_text()[-2000:]
+    summary = json.loads((root / "server" / "summary.json").read_text())
+    want = RDPAccountant()
+    want.history = [(0.8, 1.0, 1), (0.8, 1.0, 1)]
+    assert summary["epsilon"] == pytest.approx(want.get_epsilon(delta=1e-5)) and summary["noise_multiplier"] == 0.8
+    rounds = [json.loads(x) for x in (root / "server" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["weights"] for r in rounds] == [[0.5, 0.5]] * 2
+    fits = [json.loads(x) for x in (root / "site-0" / "federated.jsonl").read_text().splitlines() if '"fit"' in x]
+    assert all(f["update_norm"] > 0 for f in fits)
+    site = json.loads((root / "site-0" / "summary.json").read_text())
+    assert 0 < site["epsilon"] <= 8  # DP-SGD inside the site (Opacus), reported beside the federation's ε
