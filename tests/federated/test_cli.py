@@ -8,18 +8,10 @@ import socket
 
 import numpy as np
 import pytest
+from federation_helpers import QUESTIONS, free_port
 from typer.testing import CliRunner
 
 from megalang.cli import app
-
-QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
-             "What is 3 plus 4?", "Which planet is largest?", "What do bees make?"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def invoke(*args: str):

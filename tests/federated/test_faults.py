@@ -8,31 +8,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from federation_helpers import chats, free_port
 
 from megalang.federated.strategy import SERVER_KILL_ENV
 from megalang.store.files import sha256_file
 from megalang.train.faults import KILL_ENV
-
-QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
-             "What is 3 plus 4?", "Which planet is largest?", "What do bees make?"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def chats(path: Path, answer: str) -> Path:
-    path.write_text("".join(json.dumps({"prompt": q, "completion": answer}) + "\n" for q in QUESTIONS), encoding="utf-8")
-    return path
 
 
 def megalang(args: list[str], log: Path, **env) -> subprocess.Popen:

@@ -5,24 +5,17 @@ site's style better than the base model, and no site's records reach the server.
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
+from federation_helpers import QUESTIONS, free_port
 from typer.testing import CliRunner
 
 from megalang.cli import app
 
-QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
-             "What is 3 plus 4?", "Which planet is largest?", "What do bees make?"]
 STYLES = {"0": "BANANA BANANA BANANA.", "1": "Arr, matey, CHERRY CHERRY.", "2": "Beep boop: MANGO MANGO."}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def style_loss(model, tokenizer, answer: str) -> float:
