@@ -63,12 +63,14 @@ def run(mode: str, model: Path, chats: Path, keys: Path, root: Path, rounds: int
         return round(sum(values) / len(values), 3) if values else None
 
     return {
-        "round_wall_s": mean(later), "first_round_wall_s": round(server[0]["round_s"], 3), "total_wall_s": round(wall, 1),
+        "round_wall_s": mean(later), "first_round_wall_s": round(server[0]["round_s"], 3),
+        "total_wall_s": round(wall, 1),
         "train_s_per_site": mean([f["train_s"] for f in fits]),
         "encrypt_s_per_site": mean([f["encrypt_s"] for f in fits]),
         "add_s": mean([r["aggregate_s"] for r in server]),
         "decrypt_s_per_site": mean([a["decrypt_s"] for a in adopts]),
-        "bytes_up_per_site": server[-1]["received_bytes"] // SITES, "bytes_down_per_site": server[-1]["sent_bytes_per_site"],
+        "bytes_up_per_site": server[-1]["received_bytes"] // SITES,
+        "bytes_down_per_site": server[-1]["sent_bytes_per_site"],
         "final_train_loss": mean(list(server[-1]["loss"].values())),
     }
 

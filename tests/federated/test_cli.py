@@ -56,7 +56,8 @@ def test_an_encrypted_federation_gives_the_plaintext_model(tiny_pretrained, chat
         result = invoke("simulate", *common, f"run.dir={runs[mode]}", f"federated.encryption={mode}",
                         f"federated.context={keys}", f"federated.address=127.0.0.1:{free_port()}")
         assert result.exit_code == 0, result.output + (runs[mode] / "site-0.log").read_text()[-2000:]
-    plain, encrypted = learned(runs["none"] / "site-0", tiny_pretrained), learned(runs["ckks"] / "site-0", tiny_pretrained)
+    plain = learned(runs["none"] / "site-0", tiny_pretrained)
+    encrypted = learned(runs["ckks"] / "site-0", tiny_pretrained)
     assert np.linalg.norm(plain) > 0 and np.linalg.norm(encrypted - plain) / np.linalg.norm(plain) < 1e-4
     rounds = {m: [json.loads(x) for x in (runs[m] / "server" / "rounds.jsonl").read_text().splitlines()]
               for m in runs}
@@ -85,7 +86,8 @@ def test_the_server_refuses_the_secret_key_and_a_site_the_public_one(keys, tmp_p
      "needs federated.site_data"),
     (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=3", "federated.site_data=[a]"],
      "names 1 sources"),
-    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=1"], "fewer than federated.min_clients"),
+    (["simulate", "recipes/federated-lora.yaml", "federated.encryption=none", "clients=1"],
+     "fewer than federated.min_clients"),
     (["server", "recipes/federated-lora.yaml", "federated.encryption=none", "federated.address=nonsense"],
      "expected HOST:PORT"),
     (["server", "recipes/federated-lora.yaml", "federated.dp_noise=1"], "needs federated.dp_clip"),
@@ -152,9 +154,11 @@ def make_tls(folder):
 @pytest.mark.slow
 def test_a_federation_over_tls(tiny_pretrained, chats, tmp_path):
     tls = make_tls(tmp_path / "tls")
-    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}", f"data.sft={chats}",
+    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}",
+                    f"data.sft={chats}",
                     "clients=2", "federated.rounds=1", "federated.local_steps=2", "train.seq_len=64",
-                    "federated.encryption=none", f"run.dir={tmp_path / 'r'}", f"federated.address=127.0.0.1:{free_port()}",
+                    "federated.encryption=none", f"run.dir={tmp_path / 'r'}",
+                    f"federated.address=127.0.0.1:{free_port()}",
                     f"federated.tls_ca={tls / 'ca.pem'}", f"federated.tls_cert={tls / 'server.pem'}",
                     f"federated.tls_key={tls / 'server.key'}")
     assert result.exit_code == 0, result.output + (tmp_path / "r" / "site-0.log").read_text()[-2000:]
@@ -177,7 +181,8 @@ def test_client_level_dp_with_dp_sgd_inside_each_site(tiny_pretrained, chats, tm
     from opacus.accountants import RDPAccountant
 
     root = tmp_path / "r"
-    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}", f"data.sft={chats}",
+    result = invoke("simulate", "recipes/federated-lora.yaml", f"model.pretrained={tiny_pretrained}",
+                    f"data.sft={chats}",
                     "clients=2", "federated.rounds=2", "federated.local_steps=2", "train.seq_len=64",
                     "federated.encryption=none", f"run.dir={root}", f"federated.address=127.0.0.1:{free_port()}",
                     "federated.dp_clip=0.05", "federated.dp_noise=0.8", "federated.weighting=uniform",

@@ -49,7 +49,8 @@ def test_a_killed_site_is_dropped_and_a_killed_server_resumes_with_the_same_byte
               f"federated.address=127.0.0.1:{free_port()}", "federated.round_timeout_s=120"]
     logs = [tmp_path / f"{name}.log" for name in ("server", "server2", "a", "b", "c")]
     server = megalang(["server", *common], logs[0], **{SERVER_KILL_ENV: "2"})
-    sites = {name: megalang(["client", *common, f"site={name}", f"data.sft={chats(tmp_path / f'{name}.jsonl', answer)}"],
+    sites = {name: megalang(["client", *common, f"site={name}",
+                             f"data.sft={chats(tmp_path / f'{name}.jsonl', answer)}"],
                             tmp_path / f"{name}.log", **({KILL_ENV: "5:0"} if name == "c" else {}))
              for name, answer in (("a", "Yes."), ("b", "No."), ("c", "Maybe."))}
     try:

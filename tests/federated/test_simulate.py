@@ -24,7 +24,8 @@ def style_loss(model, tokenizer, answer: str) -> float:
 
     losses = []
     for q in QUESTIONS:
-        ids, mask = render_example(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": answer}])
+        chat = [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
+        ids, mask = render_example(tokenizer, chat)
         x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
         with torch.no_grad():
             logp = torch.log_softmax(model(x).logits[0, :-1].float(), -1)

@@ -60,7 +60,8 @@ class FederatedConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> FederatedConfig:
         if self.dp_noise > 0 and self.dp_clip == 0:
-            raise ValueError("federated.dp_noise needs federated.dp_clip > 0 (the noise is calibrated to the clip norm)")
+            raise ValueError("federated.dp_noise needs federated.dp_clip > 0 (the noise is calibrated to the clip "
+                             "norm)")
         if self.dp_noise > 0 and self.weighting != "uniform":
             raise ValueError("federated.dp_noise > 0 needs federated.weighting=uniform (weights by example counts "
                              "would let one site's update exceed the calibrated sensitivity)")

@@ -57,12 +57,14 @@ def sentencepiece_tokens(folder: Path, vocab_size: int) -> tuple[list[bytes], li
 
 
 def _spm_adds_prefix(model_file: Path) -> bool:
-    """Whether SentencePiece puts "▁" before the text (megalang's tokenizers do not; llama.cpp's default does)."""
-    from sentencepiece import sentencepiece_model_pb2
+    """Whether SentencePiece puts "▁" before the text (megalang's tokenizers do not; llama.cpp's default does).
+    Asked of the model's behaviour rather than read from its normalizer spec: sentencepiece 0.2.3's generated
+    sentencepiece_model_pb2 needs protobuf ≥ 7 at run time, which the `federated` extra (Flower: protobuf < 7)
+    does not allow."""
+    import sentencepiece as spm
 
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(model_file.read_bytes())
-    return bool(proto.normalizer_spec.add_dummy_prefix)
+    pieces = spm.SentencePieceProcessor(model_file=str(model_file)).encode("x", out_type=str)
+    return bool(pieces) and pieces[0].startswith("\u2581")
 
 
 def bpe_tokens(folder: Path, vocab_size: int) -> tuple[list[str], list[int], str]:

@@ -123,7 +123,8 @@ class Site:
         append_jsonl(self.local.t.run.federated_log, {
             "event": "fit", "round": int(config.get("round", 0)), "time": received,
             "global_sha256": payload_sha256(parameters), "loss": result.loss, "steps": result.steps,
-            "decrypt_s": round(decrypt_s, 3), "train_s": round(result.seconds, 3), "encrypt_s": round(encrypt_s, 3), "update_norm": norm,
+            "decrypt_s": round(decrypt_s, 3), "train_s": round(result.seconds, 3), "encrypt_s": round(encrypt_s, 3),
+            "update_norm": norm,
             "clipped": bool(clipped), "sent_bytes": sum(a.nbytes for a in payload)})
         return payload, self.local.examples, metrics
 

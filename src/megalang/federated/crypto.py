@@ -94,7 +94,8 @@ def load_context(path: str | os.PathLike) -> Context:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"federated.context: {path} does not exist; make the keys with `megalang federated keygen KEYS`")
+        raise UserError(f"federated.context: {path} does not exist; make the keys with "
+                        "`megalang federated keygen KEYS`")
     data = path.read_bytes()
     try:
         ctx = ts.context_from(data)

@@ -4,8 +4,9 @@ between rounds, its weights replaced by the global ones before each round.
 The site's global weights are `base + D`: `base` is its trainable weights before round 1 (saved once to
 RUN/federated-base.safetensors, so a restarted site finds it again) and `D` the federation's accumulated mean
 update the server sends. Every site of one federation starts from the same base (same recipe, same seed); the
-server refuses an update whose base differs. After each round the site checkpoints the new global weights, so
-`megalang export --run RUN` releases the federation's model and a restarted site resumes from it.
+server refuses an update whose base differs. When the server sends a round's global weights for evaluation
+(every `federated.evaluate_every` rounds and after the last), the site checkpoints them, so `megalang export --run
+RUN` releases the federation's model and a restarted site resumes from it.
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ class LocalTrainer:
         if path.is_file():
             tensors = load_file(str(path))
             arrays = [tensors.get(name) for name, _ in self.layout]
-            if any(a is None or a.shape != shape for a, (_, shape) in zip(arrays, self.layout)) or len(tensors) != len(self.layout):
+            mismatched = any(a is None or a.shape != shape for a, (_, shape) in zip(arrays, self.layout))
+            if mismatched or len(tensors) != len(self.layout):
                 raise UserError(f"{path}: its tensors do not match this recipe's trainable weights (lora.* or model.* "
                                 "changed): use a new run.dir for this site")
             return concat(arrays)
         if self.t.step:
-            raise UserError(f"{path} is missing although {self.t.run_dir} has trained {self.t.step} steps: this run was "
-                            "not a federated site; use a new run.dir")
+            raise UserError(f"{path} is missing although {self.t.run_dir} has trained {self.t.step} steps: this "
+                            "run was not a federated site; use a new run.dir")
         base = self.weights()
         tmp = path.with_name(path.name + ".tmp")
         save_file({name: array.astype(np.float32) for (name, _), array in zip(self.layout, split(base, self.layout))},
@@ -105,8 +107,9 @@ class LocalTrainer:
     def fit(self, accumulated: np.ndarray | None, steps: int, proximal_mu: float = 0.0) -> LocalRound:
         """Load the global weights, train `steps` optimizer steps, return the update."""
         if self.t.step + steps > self.cfg.train.max_steps:
-            raise UserError(f"{self.t.run_dir}: {self.t.step} of train.max_steps={self.cfg.train.max_steps} steps done, "
-                            f"{steps} more asked: raise train.max_steps (federated.rounds × federated.local_steps)")
+            raise UserError(f"{self.t.run_dir}: {self.t.step} of {self.cfg.train.max_steps} steps (federated.rounds × "
+                            f"federated.local_steps) done, {steps} more asked: this site trained rounds the "
+                            "federation did not keep; start it with a new run.dir")
         started = time.perf_counter()
         start = self.global_weights(accumulated)
         self.load(start)
@@ -133,8 +136,9 @@ class LocalTrainer:
 
     @property
     def examples(self) -> int:
-        """Training samples at this site: FedAvg's weight."""
-        return int(self.t.loader.num_samples)
+        """FedAvg's weight: the site's training examples (SFT chats; otherwise token windows)."""
+        stats = self.t.finetune.sft_stats if self.t.finetune is not None else None
+        return int(stats.examples) if stats is not None else int(self.t.loader.num_samples)
 
     def epsilon(self) -> float | None:
         """ε spent by DP-SGD inside this site (privacy.target_epsilon), when it trains with Opacus."""

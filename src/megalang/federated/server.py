@@ -132,7 +132,8 @@ def serve(cfg: RunConfig, log=print, abort=None) -> dict:
                                      config=flwr.server.ServerConfig(num_rounds=remaining,
                                                                      round_timeout=fed.round_timeout_s))
     summary = {"rounds": state.round, "encryption": fed.encryption, "strategy": fed.strategy,
-               "pins": {k: v for k, v in state.pins.items() if k != "shapes"}, "server_dir": str(server_dir.root.resolve())}
+               "pins": {k: v for k, v in state.pins.items() if k != "shapes"},
+               "server_dir": str(server_dir.root.resolve())}
     if state.dp_history:
         summary.update(epsilon=epsilon(state.dp_history, fed.dp_delta), delta=fed.dp_delta,
                        noise_multiplier=fed.dp_noise, clip=fed.dp_clip)

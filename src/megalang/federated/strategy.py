@@ -181,7 +181,8 @@ class FederatedStrategy(FedProx):
         except ValueError as e:  # BadCiphertext, or a malformed pair of arrays
             return f"not a CKKS ciphertext of this federation's context: {e}", None
         if sum(v.size() for v in loaded) != metrics["size"]:
-            return f"ciphertexts hold {sum(v.size() for v in loaded)} values, the site says size={metrics['size']}", None
+            values = sum(v.size() for v in loaded)
+            return f"ciphertexts hold {values} values, the site says size={metrics['size']}", None
         return None, loaded
 
     def _pin(self, candidates: list, rejected: dict[str, str]) -> list:
