@@ -94,6 +94,10 @@ class TrainSection(Section):
         "adamw", description="adamw: AdamW for every parameter; muon: Muon (optimizer.muon_*) for the decoder "
         "blocks' 2-D weight matrices, AdamW for embeddings, the output layer, norms and biases"
     )
+    document_mask: bool = Field(
+        False, description="pretraining windows attend only within their own document: positions restart after each "
+        "EOS (block-diagonal causal attention, as packed SFT rows always have); also for the held-out loss"
+    )
     deterministic: bool = Field(
         False, description="deterministic kernels only (torch.use_deterministic_algorithms; cuBLAS workspace "
         "config, no cuDNN autotuning): a GPU rerun or resume gives bitwise the same weights, at some speed cost"
@@ -378,6 +382,13 @@ class RunConfig(Section):
     def _check_min_lr(self) -> RunConfig:
         if self.schedule.min_lr > self.optimizer.lr:
             raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) must be <= optimizer.lr ({self.optimizer.lr})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_document_mask(self) -> RunConfig:
+        if self.train.document_mask and self.parallel.pp > 1:
+            raise ValueError("train.document_mask does not support parallel.pp > 1 (pipeline stages get token ids "
+                             "only): use FSDP2 or tensor parallelism, or train.document_mask=false")
         return self
 
     @model_validator(mode="after")

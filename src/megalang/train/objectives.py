@@ -26,6 +26,41 @@ def model_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return {"input_ids": input_ids}, labels
 
 
+def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Position ids that restart at 0 after every EOS (documents end with one in token shards). With no attention
+    mask, transformers reads document boundaries off them: a block-diagonal causal mask, as for packed SFT rows."""
+    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    after_eos = torch.zeros_like(input_ids, dtype=torch.bool)
+    after_eos[:, 1:] = input_ids[:, :-1] == eos_id
+    return index - torch.where(after_eos, index, torch.zeros_like(index)).cummax(dim=1).values
+
+
+class DocumentMasked:
+    """`train.document_mask`: a pretraining batch (input_ids, labels) becomes the SFT form with position ids that
+    restart after each EOS, so no token attends to another document; SFT and classifier batches pass unchanged."""
+
+    def __init__(self, objective, eos_id: int):
+        self.objective, self.eos_id = objective, eos_id
+
+    def __call__(self, model, batch) -> torch.Tensor:
+        if isinstance(batch, dict):
+            return self.objective(model, batch)
+        input_ids, labels = batch
+        return self.objective(model, {"input_ids": input_ids, "labels": labels,
+                                      "position_ids": document_positions(input_ids, self.eos_id)})
+
+
+def document_eos(cfg, manifest: dict[str, Any]) -> int | None:
+    """The EOS id that separates documents when train.document_mask is on (None when it is off, and for SFT rows
+    and labelled examples, which carry their own boundaries)."""
+    if not cfg.train.document_mask or manifest.get("format") in ("sft", "classify"):
+        return None
+    if manifest.get("eos_id") is None:
+        raise UserError("train.document_mask needs the shards' tokenizer to have an EOS token (documents end with "
+                        "it); this tokenizer has none: set train.document_mask=false")
+    return int(manifest["eos_id"])
+
+
 def next_token_loss(model, batch) -> torch.Tensor:
     kwargs, labels = model_inputs(batch)
     return cross_entropy(model(**kwargs).logits, labels)
@@ -93,7 +128,13 @@ def check_same_vocabulary(teacher_tokenizer, student_vocab: dict[str, int] | Non
 
 
 def build_objective(cfg, manifest: dict[str, Any], device: torch.device):
-    """The loss function the trainer calls per micro-batch."""
+    """The loss function the trainer calls per micro-batch (within documents under train.document_mask)."""
+    objective = _objective(cfg, manifest, device)
+    eos = document_eos(cfg, manifest)
+    return objective if eos is None else DocumentMasked(objective, eos)
+
+
+def _objective(cfg, manifest: dict[str, Any], device: torch.device):
     if manifest.get("format") == "classify":  # data.classify: class-weighted CE over the label words' scores
         from megalang.train.classifier import build_classify_objective
 

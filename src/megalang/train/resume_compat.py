@@ -37,6 +37,7 @@ REFUSED = {
     "data.packing": "it changes what a sample is (SFT)",
     "data.overlong": "it changes which samples exist (SFT)",
     "loss.objective": "the loss the run optimises",
+    "train.document_mask": "the attention pattern the run trains with (within documents or across them)",
     "train.optimizer": "the saved optimizer state (AdamW's moments, Muon's momentum) is the other optimizer's",
     "lora.rank": "adapter shapes",
     "lora.targets": "which modules hold adapters",

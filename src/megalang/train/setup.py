@@ -48,7 +48,7 @@ from megalang.train.checkpoint import (
 from megalang.train.faults import FaultPlan
 from megalang.train.health import build_health_guard
 from megalang.train.loss import cross_entropy
-from megalang.train.objectives import build_objective
+from megalang.train.objectives import build_objective, document_eos
 from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.state import Trainer
 from megalang.train.validate import evaluate_lm_loss
@@ -135,7 +135,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=run_peak_flops(device, cfg.train.precision, group.world),  # all ranks: tokens/s counts all of theirs
         group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.health), faults=faults,
-        checkpointer=checkpointer,
+        checkpointer=checkpointer, document_eos=document_eos(cfg, manifest),
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage

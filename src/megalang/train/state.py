@@ -97,6 +97,7 @@ class Trainer:
     validate: Callable[[Any], float | dict[str, float] | None] | None = None
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
     faults: FaultPlan = field(default_factory=FaultPlan)  # crash tests only (train/faults.py)
+    document_eos: int | None = None  # train.document_mask: the EOS id documents end with (train/objectives.py)
 
     @property
     def run(self) -> RunDir:

@@ -9,6 +9,7 @@ from megalang.parallel.distributed import (
     world_mean,
 )
 from megalang.train.loss import lm_loss
+from megalang.train.objectives import document_positions
 from megalang.train.state import Trainer
 
 
@@ -28,8 +29,10 @@ def evaluate_lm_loss(t: Trainer) -> float | None:
         total, count = torch.zeros((), device=t.device, dtype=torch.float64), 0
         for input_ids, labels in batches:
             input_ids, labels = input_ids.to(t.device), labels.to(t.device)
+            masked = {} if t.document_eos is None else {  # train.document_mask: scored as trained
+                "position_ids": document_positions(input_ids, t.document_eos), "use_cache": False}
             with t.autocast():
-                total += lm_loss(t.model, labels, reduction="sum", input_ids=input_ids)
+                total += lm_loss(t.model, labels, reduction="sum", input_ids=input_ids, **masked)
             count += labels.numel()
     t.model.train()
     if t.dims is not None:
