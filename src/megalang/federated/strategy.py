@@ -54,6 +54,7 @@ class FederatedStrategy(FedProx):
         # A fresh federation waits for every expected site before round 1; a resumed one for min_clients.
         self.first_wait = fed.min_clients if state.round else (fed.clients or fed.min_clients)
         self.abort = abort  # () -> reason to stop waiting for sites, or None
+        self._round_started = time.perf_counter()  # reset when each round's fit is configured
 
     def __repr__(self) -> str:
         return f"FederatedStrategy({self.fed.strategy}, encryption={self.fed.encryption})"
@@ -214,7 +215,7 @@ class FederatedStrategy(FedProx):
     def _finish_round(self, record: dict[str, Any], started: float) -> None:
         self.state.round += 1
         record["aggregate_s"] = round(time.perf_counter() - started, 3)
-        record["round_s"] = round(time.perf_counter() - getattr(self, "_round_started", started), 3)
+        record["round_s"] = round(time.perf_counter() - self._round_started, 3)
         record["global_sha256"] = save_round(self.dir, self.state)  # the checkpoint comes before the log line
         record["sent_bytes_per_site"] = sum(a.nbytes for a in self.state.accumulated)
         record["time"] = time.time()
