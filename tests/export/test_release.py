@@ -291,3 +291,16 @@ def test_a_run_that_did_not_finish(pipe, tmp_path):
     assert cli("verify", out)[0] == 0
     hits = find(str(pipe.corpus / "heapq.py"), [pipe.data, pipe.tokenizer, pipe.shards, tmp_path])["hits"]
     assert {h["path"] for h in hits} >= {str(run.resolve()), str(out.resolve())}
+
+
+def test_card_names_the_optimizer_and_schedule_shape_the_run_used():
+    from megalang.export.card import optimizer_text, schedule_text
+
+    opt = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1, "grad_clip": 1.0, "muon_lr": None,
+           "muon_weight_decay": None, "muon_momentum": 0.95, "muon_adjust_lr": "match_rms_adamw"}
+    assert optimizer_text("adamw", opt).startswith("AdamW, β=(0.9, 0.95)")
+    muon = optimizer_text("muon", opt)
+    assert muon.startswith("Muon for the blocks' matrices (lr 0.002, momentum 0.95, weight decay 0.1") and "AdamW" in muon
+    assert schedule_text({"warmup_steps": 30, "min_lr": 2e-4}) == "linear warmup 30 steps, cosine to 0.0002"
+    assert "linear to 0.0 over the last 0.3" in schedule_text({"shape": "wsd", "warmup_steps": 30, "min_lr": 0.0,
+                                                             "decay_fraction": 0.3})

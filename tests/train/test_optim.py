@@ -53,3 +53,20 @@ def test_no_warmup_and_past_the_end():
     assert [lr_factor(s, cfg) for s in range(6)] == pytest.approx(
         [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0, 0.0]
     )
+
+
+def test_warmup_stable_decay():
+    """schedule.shape=wsd: warmup, the peak held, then a straight line to min_lr over the last decay_fraction."""
+    cfg = RunConfig(optimizer=OptimizerConfig(lr=1e-3),
+                    schedule=ScheduleConfig(shape="wsd", min_lr=1e-4, warmup_steps=10, decay_fraction=0.25),
+                    train=TrainSection(max_steps=100))
+    got = lrs(cfg, 102)
+    assert got[0] == pytest.approx(1e-4) and got[9] == pytest.approx(1e-3)
+    assert got[10:76] == pytest.approx([1e-3] * 66)  # stable until the decay starts at step 75
+    assert got[85] == pytest.approx(1e-3 - 0.4 * 9e-4)  # 10 of 25 decay steps: 40 % of the way down
+    assert got[100] == got[101] == pytest.approx(1e-4)  # max_steps and after: min_lr
+    assert all(a >= b for a, b in zip(got[10:], got[11:]))
+    # A decay longer than what follows warmup starts when warmup ends.
+    short = cfg.model_copy(update={"schedule": ScheduleConfig(shape="wsd", min_lr=0.0, warmup_steps=10,
+                                                              decay_fraction=1.0)})
+    assert [lr_factor(s, short) for s in (9, 10, 55, 100)] == pytest.approx([1.0, 1.0, 0.5, 0.0])

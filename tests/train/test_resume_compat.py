@@ -108,13 +108,14 @@ def test_benign_changes_resume_take_effect_and_are_logged(four_steps, shards, tm
     run = shutil.copytree(four_steps, tmp_path / "run")
     moved = shutil.copytree(shards, tmp_path / "moved-shards")  # the same tokens in another folder
     cfg = debug_config(moved, run, train={"max_steps": 6, "lr": 1e-3, "min_lr": 1e-4, "log_every": 2},
-                       checkpoint={"every": 2, "keep": 3})
+                       checkpoint={"every": 2, "keep": 3}, schedule={"shape": "wsd", "decay_fraction": 0.5})
     summary, _ = train_capturing_weights(cfg)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 6
     record = json.loads(RunDir(run).resumes.read_text().splitlines()[-1])
     assert record["step"] == 4 and record["changes"]["train.max_steps"] == [4, 6]
     assert record["changes"]["optimizer.lr"] == [3e-3, 1e-3] and record["changes"]["checkpoint.keep"] == [2, 3]
     assert record["changes"]["data.shards"] == [str(shards), str(moved)]
+    assert record["changes"]["schedule.shape"] == ["cosine", "wsd"]
     assert "resume from step 4: optimizer.lr 0.003 → 0.001" in capfd.readouterr().err
     metrics = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
     assert metrics[6]["lr"] == pytest.approx(1e-3 * lr_factor(5, cfg), rel=1e-12)  # the new schedule

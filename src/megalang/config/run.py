@@ -145,10 +145,18 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """The learning-rate schedule: linear warmup, then cosine to min_lr at train.max_steps."""
+    """The learning-rate schedule: linear warmup, then cosine to min_lr at train.max_steps, or warmup-stable-decay
+    (hold the peak, then a linear decay to min_lr over the last decay_fraction of the steps)."""
 
+    shape: Literal["cosine", "wsd"] = Field(
+        "cosine", description="cosine: cosine from the peak to min_lr after warmup; wsd: warmup-stable-decay, the peak "
+        "until the last schedule.decay_fraction of train.max_steps, then linear to min_lr"
+    )
     warmup_steps: int = Field(100, ge=0, description="linear warmup steps")
-    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the cosine")
+    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the schedule")
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1, description="schedule.shape=wsd: fraction of train.max_steps spent decaying to min_lr"
+    )
 
 
 class LossConfig(Section):

@@ -124,10 +124,9 @@ def training_section(facts: ReleaseFacts) -> str:
     opt, sched, train = cfg.get("optimizer", {}), cfg.get("schedule", {}), cfg.get("train", {})
     s, d = facts.summary, facts.derived
     rows = [("objective", facts.objective()),
-            ("optimizer", f"AdamW, β=({opt.get('beta1')}, {opt.get('beta2')}), weight decay {opt.get('weight_decay')}, "
-                          f"grad clip {opt.get('grad_clip')}"),
+            ("optimizer", optimizer_text(train.get("optimizer", "adamw"), opt)),
             ("peak learning rate", opt.get("lr")),
-            ("schedule", f"linear warmup {sched.get('warmup_steps')} steps, cosine to {sched.get('min_lr')}"),
+            ("schedule", schedule_text(sched)),
             ("steps", s.get("steps", train.get("max_steps"))),
             ("sequence length", train.get("seq_len")),
             ("batch", f"{fmt_num(d.get('global_batch_tokens'))} tokens per step "
@@ -307,3 +306,22 @@ def preprocessing(prepared: list[Artifact]) -> str:
         lines += ["", "The raw data is not copied: it stays at the paths above, named by SHA-256. Samples of "
                       "rejected documents, when any, are in the prepared set's `rejected/` folder.", ""]
     return "\n".join(lines)
+
+
+def optimizer_text(name: str, opt: dict[str, Any]) -> str:
+    adamw = (f"AdamW, β=({opt.get('beta1')}, {opt.get('beta2')}), weight decay {opt.get('weight_decay')}, "
+             f"grad clip {opt.get('grad_clip')}")
+    if name != "muon":
+        return adamw
+    lr = opt.get("muon_lr") or opt.get("lr")
+    decay = opt.get("weight_decay") if opt.get("muon_weight_decay") is None else opt.get("muon_weight_decay")
+    return (f"Muon for the blocks' matrices (lr {lr}, momentum {opt.get('muon_momentum')}, weight decay {decay}, "
+            f"{opt.get('muon_adjust_lr')} scaling); {adamw} for the rest")
+
+
+def schedule_text(sched: dict[str, Any]) -> str:
+    warmup = f"linear warmup {sched.get('warmup_steps')} steps"
+    if sched.get("shape") == "wsd":
+        return (f"{warmup}, the peak held, then linear to {sched.get('min_lr')} over the last "
+                f"{sched.get('decay_fraction')} of the steps")
+    return f"{warmup}, cosine to {sched.get('min_lr')}"

@@ -1,5 +1,5 @@
 """The optimizer (AdamW with decay on matrices only, or Muon beside it: train/muon.py) and the learning-rate
-schedule: linear warmup, then cosine to min_lr."""
+schedule: linear warmup, then cosine to min_lr or warmup-stable-decay."""
 
 from __future__ import annotations
 
@@ -43,13 +43,20 @@ def build_adamw(params: list[torch.nn.Parameter], opt: OptimizerConfig) -> torch
 def lr_factor(step: int, cfg: RunConfig) -> float:
     """Multiplier of optimizer.lr for the optimizer step that follows `step` earlier steps.
 
-    Warmup reaches the full rate on its last step ((step+1)/warmup, never 0, so no step is wasted); the
-    cosine then runs from lr at step=warmup to min_lr at step=max_steps and stays there.
+    Warmup reaches the full rate on its last step ((step+1)/warmup, never 0, so no step is wasted). Then
+    `cosine` runs from lr at step=warmup to min_lr at step=max_steps; `wsd` holds lr until the last
+    decay_fraction of max_steps (never before warmup ends) and decays linearly to min_lr at max_steps. Both stay
+    at min_lr after max_steps.
     """
-    warmup, total = cfg.schedule.warmup_steps, cfg.train.max_steps
+    sched, total = cfg.schedule, cfg.train.max_steps
+    warmup = sched.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
-    floor = cfg.schedule.min_lr / cfg.optimizer.lr
+    floor = sched.min_lr / cfg.optimizer.lr
+    if sched.shape == "wsd":
+        start = max(warmup, total - round(sched.decay_fraction * total))
+        progress = min(1.0, max(0, step - start) / max(1, total - start))
+        return 1 - (1 - floor) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 

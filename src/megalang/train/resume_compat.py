@@ -65,7 +65,8 @@ BENIGN = (
 )
 # Benign changes the checkpoint would otherwise override: the optimizer's param groups and the scheduler's
 # base LR come back from the checkpoint, so these are re-applied after loading (see `apply_optimizer_changes`).
-OPTIMIZER_KEYS = ("optimizer.lr", "schedule.min_lr", "schedule.warmup_steps", "train.max_steps", "optimizer.weight_decay",
+OPTIMIZER_KEYS = ("optimizer.lr", "schedule.min_lr", "schedule.warmup_steps", "schedule.shape", "schedule.decay_fraction",
+                  "train.max_steps", "optimizer.weight_decay",
                   "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "optimizer.muon_lr",
                   "optimizer.muon_weight_decay", "optimizer.muon_momentum", "optimizer.muon_adjust_lr",
                   "optimizer.muon_ns_steps")
