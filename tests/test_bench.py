@@ -76,3 +76,24 @@ def test_equal_loss_tolerances_are_the_ones_the_docs_state(monkeypatch):
     # the bf16 spread docs/benchmarks.md reports (6.7576 vs 6.7562) passes, twice that does not
     assert losses_agree({"megalang": 6.7576, "hf_trainer": 6.7562}, "bf16")["losses_agree"]
     assert not losses_agree({"megalang": 6.7590, "hf_trainer": 6.7562}, "bf16")["losses_agree"]
+
+
+@pytest.mark.slow
+def test_time_to_loss_reports_every_contender_against_the_seed_recipes_final_loss():
+    """The debug preset for a few steps: the target is the seed recipe's last held-out loss, which it reaches at
+    its last step by definition; every contender reports its curve, final loss and (reached or not) the tokens and
+    seconds to the target."""
+    result = run_bench("time_to_loss.py", "--preset", "debug", "--seeds", "1,2", "--steps", "6", "--eval-every", "2",
+                       "--eval-batches", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["best_steps"] == 7 and out["best_settings"]["train"]["micro_batch_size"] == 8  # 0.6 of the tokens
+    assert set(out["runs"]) == {"1", "2"}
+    for run in out["runs"].values():
+        seed = run["seed"]
+        assert run["target_loss"] == seed["final_loss"] and seed["tokens_to_target"] == seed["tokens"] == 6 * 16 * 256
+        assert [s for s, _ in seed["curve"]] == [2, 4, 6] and [s for s, _ in run["best"]["curve"]] == [2, 4, 6, 7]
+        for name in ("best", "hf"):
+            reached = run[name]["tokens_to_target"]
+            assert reached is None or min(v for _, v in run[name]["curve"]) <= run["target_loss"]
+    assert run["seed"]["curve"] != run["hf"]["curve"]  # HF Trainer's own AdamW and schedule, not megalang's
