@@ -38,8 +38,30 @@ class CanaryConfig(Section):
         return self
 
 
+CREDENTIAL_KEYS = frozenset({"key", "secret", "token", "password", "access_key", "secret_key", "session_token",
+                             "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key",
+                             "sas_token", "client_secret", "connection_string", "credentials"})
+
+
 class DataConfig(Section):
-    shards: str | None = Field(None, description="folder from `megalang data tokenize` (plain or --format sft)")
+    shards: str | None = Field(
+        None, description="folder from `megalang data tokenize` (plain or --format sft), or the same folder behind an "
+        "fsspec URL (s3://bucket/shards, gs://, hdfs://, abfs://, file://; plain shards only), fetched into "
+        "data.cache_dir and checked against its manifest's SHA-256s"
+    )
+    cache_dir: str | None = Field(
+        None, description="data.shards URL: the local cache (one folder per URL inside it); default "
+        "$XDG_CACHE_HOME/megalang/shards, i.e. ~/.cache/megalang/shards. Needs room for the whole shard folder"
+    )
+    read_ahead: int = Field(
+        2, ge=0, le=64, description="data.shards URL: background threads fetching shard files ahead of training, in "
+        "the order it first reads them (0: fetch each file only when first read)"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="data.shards URL: keyword arguments for the fsspec backend, e.g. "
+        "{endpoint_url: http://127.0.0.1:9000} for an S3-compatible store (or set AWS_ENDPOINT_URL); never "
+        "credentials, which would be saved with the run: use the backend's environment or profile"
+    )
     # --- issue #6: supervised fine-tuning data (see docs/finetuning.md) ---
     sft: str | None = Field(
         None, description="SFT JSONL (messages or prompt/completion), tokenized with model.pretrained's chat template"
@@ -74,8 +96,18 @@ class DataConfig(Section):
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     curriculum: bool = Field(True, description="follow the shards' curriculum stages in the first epoch (false: shuffle all)")
     verify: Literal["auto", "always", "never"] = Field(
-        "auto", description="check shard SHA-256s at train start; auto: skip files unchanged (size, mtime) since the last check"
+        "auto", description="check shard SHA-256s at train start; auto: skip files unchanged (size, mtime) since the "
+        "last check. A data.shards URL's downloads are always checked; this applies to its cached copies"
     )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> DataConfig:
+        # The config is written into RUN/config.yaml, every checkpoint and the run's manifest.
+        secret = sorted(k for k in self.storage_options if k.lower() in CREDENTIAL_KEYS)
+        if secret:
+            raise ValueError(f"data.storage_options.{secret[0]}: credentials would be saved in the run folder; pass "
+                             "them through the backend's environment variables or profile (e.g. AWS_PROFILE)")
+        return self
 
 
 class TrainSection(Section):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from megalang.config import RunConfig, SftTokenizeConfig
+from megalang.data.remote import is_remote, read_remote_manifest
 from megalang.data.shards import read_shard_manifest
 from megalang.errors import UserError
 from megalang.store.files import read_json, sha256_file
@@ -78,6 +79,8 @@ def prepare_data(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     if not cfg.data.shards:
         raise UserError("data.shards is not set; pass data.shards=FOLDER (written by `megalang data tokenize`) or "
                         "data.sft=FILE.jsonl with model.pretrained=PATH")
+    if is_remote(cfg.data.shards):  # s3://, gs://, …: the manifest now, the files through setup's ShardCache
+        return cfg.data.shards, read_remote_manifest(cfg.data.shards, cfg.data.storage_options)
     return cfg.data.shards, read_shard_manifest(cfg.data.shards)
 
 

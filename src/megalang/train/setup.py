@@ -17,6 +17,7 @@ import torch
 from megalang.config import RunConfig
 from megalang.data.integrity import verify_shards
 from megalang.data.loader import SampleLoader, num_windows
+from megalang.data.remote import ShardCache, first_read_order, is_remote
 from megalang.data.shards import TokenSplit, open_split
 from megalang.errors import UserError
 from megalang.model.build import build_model, special_ids
@@ -54,6 +55,9 @@ from megalang.train.state import Trainer
 from megalang.train.validate import evaluate_lm_loss
 
 
+READ_AHEAD_WINDOWS = 1 << 16  # sample positions looked ahead to order the read-ahead (then the rest in file order)
+
+
 def async_writer(cfg: RunConfig, device: torch.device) -> str:
     """checkpoint.async_writer resolved: `auto` is a writer process beside a GPU (the training loop keeps the
     GIL to itself and idle cores absorb the write) and a thread on a CPU, where training keeps every core busy
@@ -75,16 +79,29 @@ def setup(cfg: RunConfig, faults: FaultPlan = FaultPlan()) -> Trainer:
     device = pick_device(cfg)
     group = maybe_init_process_group(device.type, cfg.parallel.timeout_s, alone=writer_process(cfg, device))
     maybe_warn_emulated_bf16(device, cfg.train.precision, enabled=group.rank == 0)  # fp32 is faster there
+    cache = None
     try:
-        return build_trainer(cfg, shards, manifest, device, group, faults)
+        cache = open_shard_cache(cfg, shards, manifest)  # a data.shards URL: missing keys fail here
+        return build_trainer(cfg, shards, manifest, device, group, faults, cache)
     except BaseException:
         group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
+        if cache is not None:
+            cache.close()
         raise
 
 
+def open_shard_cache(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> ShardCache | None:
+    """The local cache of a data.shards URL (data/remote.py); None for a local folder."""
+    if not is_remote(shards):
+        return None
+    return ShardCache(shards, manifest, cfg.data.cache_dir, cfg.data.storage_options, cfg.data.read_ahead,
+                      cfg.data.verify)
+
+
 def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device: torch.device, group: ProcessGroup,
-                  faults: FaultPlan = FaultPlan()) -> Trainer:
-    """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one."""
+                  faults: FaultPlan = FaultPlan(), cache: ShardCache | None = None) -> Trainer:
+    """The run on this process: layout, loader, run folder, model, optimizer, then resume if there is one.
+    `cache`: the local copies of a data.shards URL (verified as they are fetched; the Trainer closes it)."""
     dims = resolve_parallel(cfg, manifest, group.world)
     dp_world = dims.dp if dims else 1
     accum = grad_accum_steps(cfg, dp_world)
@@ -94,11 +111,12 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save, async_writer(cfg, device),
                                 cfg.parallel.timeout_s, faults)
     resume_from = find_resume(cfg, run_dir, run_config, checkpointer.verified)
-    verify_shards(shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
+    if cache is None:
+        verify_shards(shards, manifest, cfg.data.verify, group.rank, group.world)  # data.verify; exit 2 if damaged
     mesh = build_mesh(dims, device.type) if dims else None
     dp_rank = data_rank(mesh, dims)[0] if dims else 0
     loader = finetune.build_loader(cfg, shards, manifest, dp_rank, dp_world) or SampleLoader(
-        open_split(shards, "train", manifest), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
+        open_token_split(shards, "train", manifest, cache), cfg.train.seq_len, cfg.train.micro_batch_size, cfg.seed,
         dp_rank, dp_world, curriculum=manifest.get("curriculum") if cfg.data.curriculum else None)
     if group.rank == 0:
         prepare_run_dir(cfg, run_dir, manifest, shards)
@@ -122,7 +140,7 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
     if finetune.is_active(cfg, manifest):  # objective, DP-SGD optimizer wrapper, SFT counts
         optimizer, ft = finetune.build_finetune(cfg, manifest, model, optimizer, loader, device)
     objective = build_objective(cfg, manifest, device)  # after DP's wrapping, as before: a teacher loads here
-    val_split = open_val_split(cfg, shards, manifest)
+    val_split = open_val_split(cfg, shards, manifest, cache)
     validate = finetune.validator(val_split) or evaluate_lm_loss
     monitor = build_run_monitor(cfg.metrics, run_dir, device, enabled=group.rank == 0)
     t = Trainer(
@@ -135,13 +153,26 @@ def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device:
         flops_per_token=flops_per_token(model.config, cfg.train.seq_len),
         peak=run_peak_flops(device, cfg.train.precision, group.world),  # all ranks: tokens/s counts all of theirs
         group=group, dims=dims, mesh=mesh, finetune=ft, health=build_health_guard(cfg.health), faults=faults,
-        checkpointer=checkpointer, document_eos=document_eos(cfg, manifest),
+        checkpointer=checkpointer, document_eos=document_eos(cfg, manifest), shard_cache=cache,
     )
     if built is not None:
         t.schedule, t.first_stage, t.last_stage = built.schedule, built.first_stage, built.last_stage
     if resume_from is not None:
         resume(t, resume_from)
+    if cache is not None:
+        maybe_read_ahead(cache, loader, val_split)
     return t
+
+
+def maybe_read_ahead(cache: ShardCache, loader: Any, val_split: TokenSplit | None) -> None:
+    """Queue the URL's token files for the read-ahead threads: the train files in the order this rank's sample
+    order first reads them from the resume position (a pure function of seed, epoch and position), then val's."""
+    if not isinstance(loader, SampleLoader):
+        return
+    start = loader.consumed % loader.num_samples
+    windows = loader.permutation(loader.epoch)[start:start + READ_AHEAD_WINDOWS]
+    train = [loader.split.bins[i].name for i in first_read_order(loader.split, windows, loader.seq_len)]
+    cache.read_ahead(train + [b.name for b in (val_split.bins if val_split else [])])
 
 
 def resume(t: Trainer, path: Path) -> None:
@@ -238,10 +269,15 @@ def resolved_run_config(cfg: RunConfig, manifest: dict[str, Any], world: int, ac
             "vocab_size": manifest["vocab_size"],
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
             "tokenizer_path": manifest.get("tokenizer_path"),
-            "shards": str(Path(shards or cfg.data.shards).resolve()),
+            "shards": shards_location(shards or cfg.data.shards),
             "shards_content_sha256": compat.shards_fingerprint(manifest),  # a moved copy of the same tokens resumes
         },
     }
+
+
+def shards_location(shards: str) -> str:
+    """How the run names its shard folder: a URL as given, a local folder as an absolute path."""
+    return shards.rstrip("/") if is_remote(shards) else str(Path(shards).resolve())
 
 
 def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any], verified: set[tuple]) -> Path | None:
@@ -258,13 +294,19 @@ def find_resume(cfg: RunConfig, run_dir: Path, run_config: dict[str, Any], verif
     return latest
 
 
-def open_val_split(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> TokenSplit | None:
+def open_token_split(shards: str, split: str, manifest: dict[str, Any], cache: ShardCache | None) -> TokenSplit:
+    """A split of the local shard folder, or of a data.shards URL through its cache (files fetched on first read)."""
+    return cache.open_split(split) if cache is not None else open_split(shards, split, manifest)
+
+
+def open_val_split(cfg: RunConfig, shards: str, manifest: dict[str, Any],
+                   cache: ShardCache | None = None) -> TokenSplit | None:
     """The val split, or None (val loss skipped) when the shards hold no window of it."""
     if finetune.is_sft(manifest) or finetune.is_classify(manifest):
         return finetune.open_val(cfg, shards, manifest)  # rows (or labelled examples) built as in training
     if not manifest["splits"].get("val", {}).get("files"):
         return None
-    split = open_split(shards, "val", manifest)
+    split = open_token_split(shards, "val", manifest, cache)
     return split if num_windows(split, cfg.train.seq_len) else None
 
 

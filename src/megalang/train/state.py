@@ -12,6 +12,7 @@ import torch
 
 from megalang.config import RunConfig
 from megalang.data.loader import SampleLoader
+from megalang.data.remote import ShardCache
 from megalang.data.shards import TokenSplit
 from megalang.monitor.live import RunMonitor, disabled_monitor
 from megalang.monitor.metrics import MetricsSink
@@ -98,6 +99,7 @@ class Trainer:
     health: HealthGuard = field(default_factory=HealthGuard)  # NaN/Inf and spike skips (train/health.py, #4)
     faults: FaultPlan = field(default_factory=FaultPlan)  # crash tests only (train/faults.py)
     document_eos: int | None = None  # train.document_mask: the EOS id documents end with (train/objectives.py)
+    shard_cache: ShardCache | None = None  # data.shards URL: local copies and read-ahead threads (data/remote.py)
 
     @property
     def run(self) -> RunDir:

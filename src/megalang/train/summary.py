@@ -31,7 +31,8 @@ def finish(t: Trainer, wall_seconds: float) -> dict[str, Any]:
     clear_report(t.run_dir)  # an earlier leg's report must not be hashed into the manifest, then rewritten
     write_manifest(
         t.run_dir, "train", t.cfg.model_dump(mode="json"),
-        inputs=[describe_input(t.run_config["derived"]["shards"]), describe_input(t.run_config["derived"]["tokenizer_path"])],
+        inputs=[t.shard_cache.describe() if t.shard_cache else describe_input(t.run_config["derived"]["shards"]),
+                describe_input(t.run_config["derived"]["tokenizer_path"])],
         counts={"steps": t.step, "tokens_seen": t.tokens_seen, "params": summary["total_params"],
                 "checkpoints": len(complete_checkpoints(t.run_dir))},
         known_files=recorded_files(t.run_dir),  # checkpoints were hashed when saved: not read back here

@@ -53,6 +53,8 @@ def train(cfg: RunConfig, faults: FaultPlan | None = None) -> dict[str, Any]:
             t.checkpointer.close()  # host copies and the writer process end with the run, a failed one too
             t.sink.close()
             t.group.close()
+            if t.shard_cache is not None:
+                t.shard_cache.close()  # read-ahead threads stop with the run
     return summary
 
 
