@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ def s3_server() -> Iterator[str]:
     """Start moto's S3 server on 127.0.0.1 and yield its endpoint URL (http://127.0.0.1:PORT)."""
     pytest.importorskip("s3fs", reason="pip install 'megalang[s3]'")
     server_module = pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the dev extra)")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

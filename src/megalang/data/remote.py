@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,9 @@ def store_errors(url: str) -> Iterator[None]:
     except PermissionError as e:
         raise UserError(f"{url}: access denied ({first_line(e)}); check the store's credentials (e.g. AWS_PROFILE "
                         "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
+    except TypeError as e:  # s3fs and others build their client on first use, with data.storage_options
+        raise UserError(f"{url}: data.storage_options not accepted by the backend ({first_line(e)}); see its fsspec "
+                        "documentation for the options it takes") from None
     except Exception as e:
         raise UserError(f"{url}: unreachable ({type(e).__name__}: {first_line(e)}); check the URL, the endpoint "
                         "(AWS_ENDPOINT_URL or data.storage_options.endpoint_url) and the network") from None
@@ -127,9 +130,8 @@ def parse_manifest(url: str, raw: bytes) -> dict[str, Any]:
 def check_name(where: str, name: Any) -> str:
     """A file name from an untrusted manifest, refused unless it stays inside the folder (no absolute path, no
     `..`, no backslash or drive that another OS would read as one)."""
-    parts = PurePosixPath(str(name)).parts
-    if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or ":" in name
-            or any(p in ("..", ".") for p in parts) or "" in parts):
+    if (not isinstance(name, str) or name.startswith("/") or "\\" in name or ":" in name
+            or any(part in ("", ".", "..") for part in name.split("/"))):
         raise UserError(f"{where}: lists {name!r}, a path outside the shard folder; the manifest is damaged or "
                         "crafted, re-create it with `megalang data tokenize`")
     return name
