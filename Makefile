@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What `megalang demo` imports beyond the core dependencies (pyproject.toml says why).
 DEMO_EXTRAS ?= demo
 # Extras the test suite imports; later stages add theirs here.
-EXTRAS ?= dev,monitor,ray,datatest,classifier,eval,pretrained,finetune,privacy,security,release,onnx,gguf,federated
+EXTRAS ?= dev,monitor,ray,datatest,classifier,eval,pretrained,finetune,privacy,security,release,onnx,gguf,federated,s3
 
 .PHONY: install install-demo demo demo-check test bench clean
 

@@ -84,9 +84,8 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from moto.server import ThreadedMotoServer
-
     import s3fs
+    from moto.server import ThreadedMotoServer
 
     os.environ.update(CREDENTIALS)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
@@ -116,7 +115,7 @@ def main() -> None:
             server.stop()
     assert local_total == cold0[2] == cold_n[2] == warm[2] == warm_always[2]  # the same tokens every way
     mb = args.files * args.mb
-    rate = lambda seconds: round(mb / seconds, 1)  # noqa: E731
+    rate = lambda seconds: round(mb / seconds, 1)
     print(json.dumps({
         "bench": "remote_shards", "train_mb": mb, "files": args.files, "cpus": os.cpu_count(),
         "machine": platform.machine(), "server": "moto ThreadedMotoServer on 127.0.0.1",

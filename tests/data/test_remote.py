@@ -226,3 +226,8 @@ def test_cli_credentials_in_storage_options_are_refused(tmp_path):
 def test_cli_storage_option_the_backend_does_not_take(s3, tmp_path):
     assert_cli_error(train_args("s3://b/shards", tmp_path, "data.storage_options.no_such_option=1"),
                      "data.storage_options not accepted", "no_such_option")
+
+
+def test_cli_storage_options_without_a_url_are_refused(local_shards, tmp_path):
+    assert_cli_error(train_args(str(local_shards), tmp_path, "data.storage_options.anon=true"),
+                     "data.storage_options", "only a data.shards URL")

@@ -6,10 +6,9 @@ the shards from the local cache without downloading them again."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from s3server import CREDENTIALS, s3_server, upload_folder  # tests/s3server.py (tests/ is on sys.path)
 
 from .killing import (
     assert_bitwise_equal_runs,
@@ -21,9 +20,6 @@ from .killing import (
     run_to_completion,
     train_command,
 )
-
-sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for the S3 server shared with tests/data
-from s3server import CREDENTIALS, s3_server, upload_folder  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -107,6 +107,9 @@ class DataConfig(Section):
         if secret:
             raise ValueError(f"data.storage_options.{secret[0]}: credentials would be saved in the run folder; pass "
                              "them through the backend's environment variables or profile (e.g. AWS_PROFILE)")
+        if self.storage_options and "://" not in (self.shards or ""):
+            raise ValueError("data.storage_options: only a data.shards URL (s3://, gs://, …) reads it; remove it or "
+                             "give data.shards as a URL")
         return self
 
 

@@ -88,7 +88,7 @@ def store_errors(url: str) -> Iterator[None]:
     except TypeError as e:  # s3fs and others build their client on first use, with data.storage_options
         raise UserError(f"{url}: data.storage_options not accepted by the backend ({first_line(e)}); see its fsspec "
                         "documentation for the options it takes") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - network, DNS and auth errors have no common type across backends
         raise UserError(f"{url}: unreachable ({type(e).__name__}: {first_line(e)}); check the URL, the endpoint "
                         "(AWS_ENDPOINT_URL or data.storage_options.endpoint_url) and the network") from None
 
@@ -281,7 +281,7 @@ class ShardCache:
             self._download(self.entries[name])
         except _Cancelled:
             pass
-        except BaseException as e:  # kept for the reader: a background thread has no one to raise to
+        except BaseException as e:  # noqa: BLE001 - kept for the reader: a background thread has no one to raise to
             self._errors.setdefault(name, e)
         finally:
             event.set()
