@@ -5,6 +5,9 @@ through the real CLI, naming the URL or field and the fix."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -231,3 +234,28 @@ def test_cli_storage_option_the_backend_does_not_take(s3, tmp_path):
 def test_cli_storage_options_without_a_url_are_refused(local_shards, tmp_path):
     assert_cli_error(train_args(str(local_shards), tmp_path, "data.storage_options.anon=true"),
                      "data.storage_options", "only a data.shards URL")
+
+
+def test_a_file_url_goes_through_the_cache_too(local_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = local_shards.resolve().as_uri()  # file:///…: fsspec's local filesystem behind the same cache
+    cache = open_cache(url, tmp_path / "cache", threads=1)
+    try:
+        np.testing.assert_array_equal(cache.open_split("val").window(0, 64), open_split(local_shards, "val").window(0, 64))
+        assert cache.folder.parent == tmp_path / "cache" and (cache.folder / "val-00000.bin").is_file()
+    finally:
+        cache.close()
+
+
+def test_a_download_left_by_a_killed_process_is_removed_and_a_live_ones_kept(local_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = local_shards.resolve().as_uri()
+    open_cache(url, tmp_path / "cache", threads=0).close()  # makes the cache folder
+    folder = next((tmp_path / "cache").iterdir())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = folder / f"train-00000.bin.{int(dead.stdout)}.140.tmp"
+    live = folder / f"train-00001.bin.{os.getpid()}.140.tmp"
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    open_cache(url, tmp_path / "cache", threads=0).close()
+    assert not stale.exists() and live.exists()

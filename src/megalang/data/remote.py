@@ -137,6 +137,16 @@ def check_name(where: str, name: Any) -> str:
     return name
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def cache_key(url: str) -> str:
     """One cache folder per URL: readable, and unique through a hash of the whole URL."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", url).strip("-.")[:80]
@@ -202,11 +212,21 @@ class ShardCache:
             if listed[e.name] != e.size:
                 raise UserError(f"{self.url}/{e.name}: {listed[e.name]} bytes on the store but {MANIFEST} says "
                                 f"{e.size}; re-upload the shard folder")
+        self._remove_stale_tmp()
         self._check_cached(verify)
 
     def _relative(self, name: str) -> str:
-        stripped = self.fs._strip_protocol(name).rstrip("/")
-        return stripped[len(self.root) + 1:] if stripped.startswith(self.root + "/") else stripped
+        """A listed path (as the backend names it: no protocol) relative to the folder."""
+        name = name.rstrip("/")
+        return name[len(self.root) + 1:] if name.startswith(self.root + "/") else name
+
+    def _remove_stale_tmp(self) -> None:
+        """Delete `NAME.<pid>.<thread>.tmp` files of processes that no longer run (a run killed mid-download);
+        a live process's (another rank sharing the cache) are left alone."""
+        for tmp in self.folder.rglob("*.tmp"):
+            parts = tmp.name.rsplit(".", 3)
+            if len(parts) == 4 and parts[1].isdigit() and not pid_alive(int(parts[1])):
+                tmp.unlink(missing_ok=True)
 
     def _check_cached(self, mode: str) -> None:
         """Keep the cached copies whose SHA-256 matches (data.verify: auto trusts the hash cache's (size, mtime)
