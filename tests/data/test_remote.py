@@ -252,7 +252,7 @@ def test_a_download_left_by_a_killed_process_is_removed_and_a_live_ones_kept(loc
     url = local_shards.resolve().as_uri()
     open_cache(url, tmp_path / "cache", threads=0).close()  # makes the cache folder
     folder = next((tmp_path / "cache").iterdir())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     stale = folder / f"train-00000.bin.{int(dead.stdout)}.140.tmp"
     live = folder / f"train-00001.bin.{os.getpid()}.140.tmp"
     stale.write_bytes(b"partial")
