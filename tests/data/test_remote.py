@@ -259,3 +259,18 @@ def test_a_download_left_by_a_killed_process_is_removed_and_a_live_ones_kept(loc
     live.write_bytes(b"partial")
     open_cache(url, tmp_path / "cache", threads=0).close()
     assert not stale.exists() and live.exists()
+
+
+def test_a_symlink_planted_in_the_cache_is_refused_not_followed(local_shards, tmp_path, monkeypatch):
+    from megalang.data.remote import cache_key
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = local_shards.resolve().as_uri()
+    folder = tmp_path / "cache" / cache_key(url)
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"not yours")
+    (folder / "train-00000.bin").symlink_to(outside)
+    with pytest.raises(UserError, match="leads outside the cache folder"):
+        open_cache(url, tmp_path / "cache", threads=0)
+    assert outside.read_bytes() == b"not yours"
