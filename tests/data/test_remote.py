@@ -274,3 +274,15 @@ def test_a_symlink_planted_in_the_cache_is_refused_not_followed(local_shards, tm
     with pytest.raises(UserError, match="leads outside the cache folder"):
         open_cache(url, tmp_path / "cache", threads=0)
     assert outside.read_bytes() == b"not yours"
+
+
+def test_bench_remote_shards_runs_end_to_end_and_its_restart_fetches_nothing():
+    """bench/remote_shards.py on a tiny folder (its figures are in docs/benchmarks.md; nothing is timed here)."""
+    pytest.importorskip("moto.server")
+    bench = Path(__file__).resolve().parents[2] / "bench" / "remote_shards.py"
+    result = subprocess.run([sys.executable, str(bench), "--files", "2", "--mb", "1"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["bench"] == "remote_shards" and out["s3_warm_fetched_bytes"] == 0
+    assert out["s3_cold_fetched_bytes"] == 2 * (1 << 20) + 2 * 8  # the token files and their .idx, once
