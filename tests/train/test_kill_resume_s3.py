@@ -49,6 +49,9 @@ def test_s3_run_killed_after_a_checkpoint_resumes_bitwise_equal_to_a_local_run(e
     cmd = train_command(1, overrides(url, run, DETERMINISTIC, f"data.cache_dir={cache}"))
     run_killed_at(cmd, 5, 1, env)  # step 4's checkpoint is complete; step 5 dies mid gradient accumulation
     assert (run / "checkpoints" / "step-4" / "COMPLETE.json").is_file()
+    from megalang.store.lineage import _unfinished_inputs
+
+    assert _unfinished_inputs(run)[0]["path"] == url  # `lineage --find` names the URL the killed run read
     cached = {p.name: p.stat().st_ino for p in cache.rglob("*") if p.is_file()}
     listed = json.loads((shards / "manifest.json").read_text())["splits"]
     assert {n for s in listed.values() for n in s["files"]} <= set(cached)  # read-ahead fetched every split file

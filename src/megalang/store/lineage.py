@@ -105,7 +105,8 @@ def _unfinished_inputs(run: Path) -> list[dict[str, Any]]:
         derived = read_run_config(path).get("derived", {}) if path is not None else {}
     except (UserError, AttributeError):
         return []
-    return [{"kind": "artifact", "path": str(Path(derived[k]).resolve())}
+    # A URL (data.shards=s3://…) is kept as the run named it; a local folder as an absolute path.
+    return [{"kind": "artifact", "path": derived[k] if "://" in derived[k] else str(Path(derived[k]).resolve())}
             for k in ("shards", "tokenizer_path", "sft") if isinstance(derived.get(k), str)]
 
 
