@@ -286,3 +286,21 @@ def test_bench_remote_shards_runs_end_to_end_and_its_restart_fetches_nothing():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["bench"] == "remote_shards" and out["s3_warm_fetched_bytes"] == 0
     assert out["s3_cold_fetched_bytes"] == 2 * (1 << 20) + 2 * 8  # the token files and their .idx, once
+
+
+def test_shards_from_the_store_with_their_tokenizer_elsewhere_train_through_data_tokenizer(s3, tmp_path, request):
+    """The manifest's tokenizer_path is a folder on the machine that tokenized; on another machine data.tokenizer
+    names a copy, refused unless its manifest.json has the SHA-256 the shards record."""
+    shards = make_shards(tmp_path / "shards", make_tokenizer(tmp_path / "tok"), train_docs=60, val_docs=8)
+    url = upload_folder(s3, shards, "shards", unique_prefix(request))
+    (tmp_path / "tok").rename(tmp_path / "tok-copy")  # as seen from the training machine
+    assert_cli_error(train_args(url, tmp_path), "tokenizer folder", "data.tokenizer=FOLDER")
+    other = make_tokenizer(tmp_path / "other", tag="b")
+    assert_cli_error(train_args(url, tmp_path, f"data.tokenizer={other}"), f"data.tokenizer={other}", "SHA-256",
+                     "tokenizer folder that made them")
+    result = CliRunner().invoke(app, train_args(url, tmp_path, f"data.tokenizer={tmp_path / 'tok-copy'}"))
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    derived = json.loads((run / "checkpoints" / "step-2" / "run_config.json").read_text())["derived"]
+    assert derived["tokenizer_path"] == str((tmp_path / "tok-copy").resolve()) and derived["shards"] == url
+    assert (run / "tokenizer" / "tokenizer.json").read_text() == (tmp_path / "tok-copy" / "tokenizer.json").read_text()

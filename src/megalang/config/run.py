@@ -49,6 +49,11 @@ class DataConfig(Section):
         "fsspec URL (s3://bucket/shards, gs://, hdfs://, abfs://, file://; plain shards only), fetched into "
         "data.cache_dir and checked against its manifest's SHA-256s"
     )
+    tokenizer: str | None = Field(
+        None, description="the tokenizer folder the shards were made with, where the one their manifest names "
+        "(tokenizer_path) is not on this machine (e.g. shards from object storage); its manifest.json must have "
+        "the SHA-256 the shard manifest records"
+    )
     cache_dir: str | None = Field(
         None, description="data.shards URL: the local cache (one folder per URL inside it); default "
         "$XDG_CACHE_HOME/megalang/shards, i.e. ~/.cache/megalang/shards. Needs room for the whole shard folder"

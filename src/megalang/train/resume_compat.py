@@ -60,7 +60,7 @@ BENIGN = (
     # a site's checkpoint holds the global weights of a round: the federation's settings do not change its meaning
     "federated",
     # data.shards/sft*: where the tokens come from; the tokens themselves are checked by derived.shards_content_sha256
-    "data.verify", "data.shards", "data.cache_dir", "data.read_ahead", "data.storage_options", "data.sft", "data.sft_val", "data.sft_val_fraction", "data.classify_val", "lora.dropout", "distill.alpha", "distill.temperature",
+    "data.verify", "data.shards", "data.tokenizer", "data.cache_dir", "data.read_ahead", "data.storage_options", "data.sft", "data.sft_val", "data.sft_val_fraction", "data.classify_val", "lora.dropout", "distill.alpha", "distill.temperature",
     "derived.world_size", "derived.parallel", "derived.grad_accum", "derived.tokenizer_path", "derived.shards",
 )
 # Benign changes the checkpoint would otherwise override: the optimizer's param groups and the scheduler's

@@ -54,7 +54,6 @@ from megalang.train.optim import build_optimizer, build_scheduler
 from megalang.train.state import Trainer
 from megalang.train.validate import evaluate_lm_loss
 
-
 READ_AHEAD_WINDOWS = 1 << 16  # sample positions looked ahead to order the read-ahead (then the rest in file order)
 
 
@@ -82,6 +81,7 @@ def setup(cfg: RunConfig, faults: FaultPlan = FaultPlan()) -> Trainer:
     cache = None
     try:
         cache = open_shard_cache(cfg, shards, manifest)  # a data.shards URL: missing keys fail here
+        manifest = with_local_tokenizer(cfg, manifest)  # data.tokenizer: the same tokenizer at another path
         return build_trainer(cfg, shards, manifest, device, group, faults, cache)
     except BaseException:
         group.close()  # a group we created must not outlive a failed setup (in-process callers retry)
@@ -96,6 +96,22 @@ def open_shard_cache(cfg: RunConfig, shards: str, manifest: dict[str, Any]) -> S
         return None
     return ShardCache(shards, manifest, cfg.data.cache_dir, cfg.data.storage_options, cfg.data.read_ahead,
                       cfg.data.verify)
+
+
+def with_local_tokenizer(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The shard manifest with `tokenizer_path` at data.tokenizer when it is given (a derived view: the manifest on
+    disk and the config stay as they are), refused unless it is the tokenizer that made the shards."""
+    if not cfg.data.tokenizer:
+        return manifest
+    folder = Path(cfg.data.tokenizer).expanduser().resolve()
+    if not (folder / MANIFEST).is_file():
+        raise UserError(f"data.tokenizer={cfg.data.tokenizer}: no {MANIFEST} there; pass the folder written by "
+                        "`megalang tokenizer train`")
+    digest, expected = sha256_file(folder / MANIFEST), manifest.get("tokenizer_sha256")
+    if expected and digest != expected:
+        raise UserError(f"data.tokenizer={cfg.data.tokenizer}: its {MANIFEST} has SHA-256 {digest[:12]}…, the shards "
+                        f"were made with {expected[:12]}…; pass a copy of the tokenizer folder that made them")
+    return {**manifest, "tokenizer_path": str(folder)}
 
 
 def build_trainer(cfg: RunConfig, shards: str, manifest: dict[str, Any], device: torch.device, group: ProcessGroup,
@@ -341,8 +357,8 @@ def copy_tokenizer(manifest: dict[str, Any], dest: Path) -> None:
     source = Path(manifest.get("tokenizer_path") or "")
     if not manifest.get("tokenizer_path") or not source.is_dir():
         raise UserError(
-            f"data.shards: the tokenizer folder '{source}' named in its manifest is missing; restore it or "
-            "re-run `megalang data tokenize`"
+            f"data.shards: the tokenizer folder '{source}' named in its manifest is missing; restore it, pass a "
+            "copy of it as data.tokenizer=FOLDER, or re-run `megalang data tokenize`"
         )
     if (dest / MANIFEST).is_file() and (source / MANIFEST).is_file() and \
             sha256_file(dest / MANIFEST) == sha256_file(source / MANIFEST):
