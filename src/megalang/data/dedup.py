@@ -131,18 +131,34 @@ def band_keys(columns: np.ndarray) -> np.ndarray:
 def near_duplicate_mask(sigs: Signatures, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     """(removed, survivor): removed[i] is True for every cluster member but the first; survivor[i] is the index
     of the document that stays for i's cluster (i itself when i stays)."""
-    n = len(sigs)
-    parent = np.arange(n)
     candidates = np.flatnonzero(sigs.valid)
+    edges = []
     for band in range(params.bands):
-        cols = sigs.columns(band * params.rows, (band + 1) * params.rows)[candidates]
-        heads, members = _bucket_pairs(band_keys(cols))
-        if not len(heads):
-            continue
-        heads, members = candidates[heads], candidates[members]
-        similar = estimated_jaccard(sigs.rows(heads), sigs.rows(members)) >= params.min_similarity
-        for h, m in zip(heads[similar].tolist(), members[similar].tolist()):
-            _union(parent, h, m)
+        keys = band_keys(sigs.columns(band * params.rows, (band + 1) * params.rows)[candidates])
+        edges.append(verified_pairs(sigs, candidates, keys, params.min_similarity))
+    return clusters(len(sigs), np.concatenate(edges) if edges else np.empty((0, 2), np.int64))
+
+
+def verified_pairs(sigs: Signatures, index: np.ndarray, keys: np.ndarray, min_similarity: float,
+                   block: int = 65536) -> np.ndarray:
+    """Edges (head, member), int64 × 2, of one band: `keys[j]` is the bucket of document `index[j]` (`index`
+    ascending, so a bucket's head is its first document in corpus order); only pairs whose full signatures agree
+    on at least `min_similarity` of their values are kept. Signature rows are read `block` pairs at a time."""
+    heads, members = _bucket_pairs(keys)
+    heads, members = index[heads], index[members]
+    keep = np.zeros(len(heads), dtype=bool)
+    for start in range(0, len(heads), block):
+        stop = start + block
+        keep[start:stop] = estimated_jaccard(sigs.rows(heads[start:stop]), sigs.rows(members[start:stop])) >= min_similarity
+    return np.stack([heads[keep], members[keep]], axis=1).astype(np.int64, copy=False)
+
+
+def clusters(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of `n` documents joined by `edges`: (removed, survivor) as in `near_duplicate_mask`.
+    A component's root is always its smallest index, so the result does not depend on the order of the edges."""
+    parent = np.arange(n)
+    for h, m in edges.tolist():
+        _union(parent, h, m)
     roots = parent
     while len(roots) and not np.array_equal(nxt := roots[roots], roots):  # pointer jumping to the roots
         roots = nxt
