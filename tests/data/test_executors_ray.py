@@ -135,6 +135,21 @@ def test_ray_tokenize_with_a_curriculum_matches_one_process(one_process, tokeniz
     assert runs[0]["curriculum"]["stages"]
 
 
+def test_cli_tokenize_takes_the_executor(one_process, tokenizer_dir, local_ray, tmp_path):
+    from typer.testing import CliRunner
+
+    from megalang.cli import app
+
+    root = one_process[0]
+    args = ["data", "tokenize", "-i", str(root / "prepared"), "--tokenizer", str(tokenizer_dir), "--val-fraction", "0.1",
+            "--set", "tokens_per_shard=1024", "--set", "task_docs=15"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "shards"), "--executor", "ray", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    same_artifact(json.loads((tmp_path / "shards" / "manifest.json").read_text()), one_process[2])
+    bad = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "bad"), "--executor", "spark"])
+    assert bad.exit_code == 2 and "executor" in bad.output
+
+
 # --- the partitioned algorithm itself, without Ray -----------------------------------------------------
 
 
