@@ -17,6 +17,7 @@ files); the encoding still runs in parallel.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,9 @@ def encode_task(task: EncodeTask, cfg: TokenizeConfig, spill: str, eos: int, dty
 
     from megalang.data.tokenizer import load_tokenizer
 
+    # The task holds one of Ray's CPUs; without this the Rust encoder starts a thread per core in every task. (Read
+    # once per worker process, when the encoder first runs there; every encode task sets the same value.)
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
     tokenizer = load_tokenizer(cfg.tokenizer)
     router = SplitRouter(cfg.val_sources, cfg.val_fraction)
     scorer = cur.Scorer(cfg.curriculum) if cur.is_active(cfg.curriculum) else None
