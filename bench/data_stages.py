@@ -32,8 +32,8 @@ STEPS = ["normalize", "length", "quality", "scrub", "exact_dedup", "near_dedup"]
 
 def make_corpus(root: Path, megabytes: float, seed: int = 0) -> Path:
     """JSONL files of ~1 MB: stdlib modules in sorted order, with near and exact copies mixed in."""
-    from megalang.demo import EXCLUDE, stdlib_dir
     from megalang.data.sources import matches_any
+    from megalang.demo import EXCLUDE, stdlib_dir
 
     rng = random.Random(seed)
     texts, size = [], 0
@@ -109,9 +109,10 @@ def prepare_phases(corpus: Path, out: Path, executor: str, workers: int) -> dict
 
 def warm_up(_: int) -> None:
     """Import what the stages' tasks import, then hold the worker a moment so each worker gets one of these."""
-    import megalang.data.dedup_partitioned  # noqa: F401
-    import megalang.data.pipeline  # noqa: F401
-    import megalang.data.tokenize_tasks  # noqa: F401
+    import importlib
+
+    for module in ("megalang.data.pipeline", "megalang.data.dedup_partitioned", "megalang.data.tokenize_tasks"):
+        importlib.import_module(module)
 
     time.sleep(1)
 

@@ -87,7 +87,7 @@ def one_process(planted, tokenizer_dir, tmp_path_factory):
 
 
 def test_the_corpus_has_near_copies_that_near_dedup_removes(one_process):
-    root, prepared, shards = one_process
+    _, prepared, shards = one_process
     counts = prepared["counts"]
     assert counts["documents_in"] == 93
     assert counts["removed_exact_dedup"] == 8
@@ -148,6 +148,19 @@ def test_cli_tokenize_takes_the_executor(one_process, tokenizer_dir, local_ray, 
     same_artifact(json.loads((tmp_path / "shards" / "manifest.json").read_text()), one_process[2])
     bad = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "bad"), "--executor", "spark"])
     assert bad.exit_code == 2 and "executor" in bad.output
+
+
+def test_ray_tokenize_of_a_damaged_prepared_folder_is_a_user_error(one_process, tokenizer_dir, tmp_path):
+    import shutil
+
+    from megalang.errors import UserError
+
+    damaged = tmp_path / "prepared"
+    shutil.copytree(one_process[0] / "prepared", damaged)
+    (damaged / "docs-00001.parquet").unlink()
+    with pytest.raises(UserError, match=r"docs-00001\.parquet: missing"):
+        tokenize(tokenize_cfg(damaged, tokenizer_dir, tmp_path / "shards", executor="ray"))
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "shards.tmp").exists()
 
 
 # --- the partitioned algorithm itself, without Ray -----------------------------------------------------

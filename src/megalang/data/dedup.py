@@ -1,7 +1,8 @@
 """Near-duplicate removal: MinHash signatures over word 5-grams, LSH banding, clusters over the whole corpus.
 
 Signatures are computed per document (in the workers, see `MinHasher`); clustering runs once over every
-signature of the corpus (`near_duplicate_mask`), so duplicates in different files and different workers meet.
+signature of the corpus (`near_duplicate_mask`, or partitioned over Ray tasks in data/dedup_partitioned.py from
+the same `band_keys`, `verified_pairs` and `clusters`), so duplicates in different files and workers meet.
 Every candidate pair that shares a band is verified against the full signature before it is merged: banding
 alone merges ~5% of pairs at Jaccard 0.5 (datatrove merges them), verification keeps merges above ~0.65.
 The survivor of a cluster is its first document in corpus order, so the output never depends on scheduling.

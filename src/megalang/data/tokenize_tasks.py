@@ -30,7 +30,7 @@ from megalang.data import curriculum as cur
 from megalang.data.documents import read_prepared_manifest
 from megalang.data.encoding import SplitRouter, encode_documents, write_routed
 from megalang.data.shards import SPLITS, ShardWriter, shard_bounds
-from megalang.errors import naming
+from megalang.errors import UserError, naming
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,19 @@ class ShardTask:
 def plan_encode_tasks(root: str, task_docs: int) -> list[EncodeTask]:
     """Runs of consecutive row groups of the prepared files, up to `task_docs` documents each (at least one row
     group); they depend only on the prepared folder, never on the worker count."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = read_prepared_manifest(root)
     tasks: list[EncodeTask] = []
     for name in sorted(n for n in manifest["files"] if n.startswith("docs-") and n.endswith(".parquet")):
         path = str(Path(root) / name)
-        meta = pq.ParquetFile(path).metadata
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing; the prepared folder is incomplete, re-run `megalang data prepare`") from None
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: unreadable ({str(e).splitlines()[0]}); run `megalang verify {root}`") from None
         groups: list[int] = []
         docs = 0
         for g in range(meta.num_row_groups):
@@ -97,6 +103,7 @@ def tokenize_on_ray(cfg: TokenizeConfig, tmp: Path, eos: int, dtype: np.dtype) -
     from megalang.data.executors import executor_session, resolve_workers, run_tasks
 
     workers = resolve_workers(cfg.workers)
+    tasks = plan_encode_tasks(cfg.input, cfg.task_docs)  # a damaged prepared folder fails here, before Ray starts
     spill = tmp / "_encoded"
     spill.mkdir()
     try:
@@ -104,14 +111,15 @@ def tokenize_on_ray(cfg: TokenizeConfig, tmp: Path, eos: int, dtype: np.dtype) -
             def run(fn, items, phase):
                 return list(run_tasks(fn, items, "ray", workers, progress=False, phase=phase))
 
-            return _tokenize_tasks(cfg, tmp, spill, eos, dtype, run)
+            return _tokenize_tasks(cfg, tasks, tmp, spill, eos, dtype, run)
     finally:
         shutil.rmtree(spill)  # the manifest hashes every file left under tmp
 
 
-def _tokenize_tasks(cfg: TokenizeConfig, tmp: Path, spill: Path, eos: int, dtype: np.dtype, run):
-    encoded = run(functools.partial(encode_task, cfg=cfg, spill=str(spill), eos=eos, dtype=dtype),
-                  plan_encode_tasks(cfg.input, cfg.task_docs), "tokenize.encode")
+def _tokenize_tasks(cfg: TokenizeConfig, tasks: list[EncodeTask], tmp: Path, spill: Path, eos: int, dtype: np.dtype,
+                    run) -> tuple[dict[str, dict], dict[str, Any]]:
+    encoded = run(functools.partial(encode_task, cfg=cfg, spill=str(spill), eos=eos, dtype=dtype), tasks,
+                  "tokenize.encode")
     counts = [len(e.lengths) for e in encoded]
     lengths = np.concatenate([e.lengths for e in encoded]) if encoded else np.empty(0, np.int64)
     val = np.concatenate([e.val for e in encoded]) if encoded else np.empty(0, bool)
