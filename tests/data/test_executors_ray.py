@@ -2,7 +2,8 @@
 and tokenization in Ray tasks (data/tokenize_tasks.py) give the bytes one process gives, also when a Ray worker is
 SIGKILLed mid-stage (Ray re-runs its task).
 
-One local Ray with 2 CPUs serves the whole module (~5 s to start); the corpora are tiny (~100 documents).
+One local Ray with 2 CPUs serves the whole module (10–20 s to start on a busy 2-core machine; the file takes
+~45 s); the corpora are tiny (93 documents).
 """
 
 from __future__ import annotations
