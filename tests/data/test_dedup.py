@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from megalang.config import PrepareConfig
-from megalang.data.dedup import MinHasher, MinHashParams, Signatures, estimated_jaccard, near_duplicate_mask
+from megalang.data.dedup import (
+    MinHasher,
+    MinHashParams,
+    Signatures,
+    clusters,
+    estimated_jaccard,
+    near_duplicate_mask,
+)
 from megalang.data.documents import iter_prepared
 from megalang.data.pipeline import prepare
 
@@ -66,6 +73,34 @@ def test_clusters_keep_the_first_document_and_merge_across_transitive_pairs():
     removed, survivor = near_duplicate_mask(Signatures([sigs[:2], sigs[2:]], np.ones(4, bool)), MinHashParams())
     assert removed.tolist() == [False, False, True, True]
     assert survivor.tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clusters_are_the_connected_components_rooted_at_their_smallest_index(seed):
+    """Against a plain graph search, on random sparse graphs with long chains (edges in shuffled order)."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    chain = rng.permutation(n)[:300]  # one long path through random nodes: many hook-and-compress rounds
+    edges = np.concatenate([rng.integers(0, n, size=(800, 2)), np.stack([chain[:-1], chain[1:]], axis=1)])
+    edges = edges[rng.permutation(len(edges))]
+    neighbours = [[] for _ in range(n)]
+    for a, b in edges.tolist():
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    expected = np.full(n, -1)
+    for start in range(n):  # ascending: the first unvisited node of a component is its smallest
+        if expected[start] >= 0:
+            continue
+        stack, expected[start] = [start], start
+        while stack:
+            for m in neighbours[stack.pop()]:
+                if expected[m] < 0:
+                    expected[m] = start
+                    stack.append(m)
+    removed, survivor = clusters(n, edges)
+    assert np.array_equal(survivor, expected)
+    assert np.array_equal(removed, expected != np.arange(n))
+    assert clusters(3, np.empty((0, 2), np.int64))[1].tolist() == [0, 1, 2]
 
 
 def test_prepare_near_dedup_recall_and_precision_across_files(tmp_path, planted):

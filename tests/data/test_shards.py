@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from megalang.data.shards import ShardWriter, open_split, read_shard_manifest, token_dtype
+from megalang.data.shards import ShardWriter, open_split, read_shard_manifest, shard_bounds, token_dtype
 from megalang.errors import UserError
 from megalang.store.files import staging_dir
 from megalang.store.manifest import write_manifest
@@ -101,3 +103,15 @@ def test_read_shard_manifest_refuses_other_artifacts(tmp_path):
         write_manifest(tmp, "data.prepare", {}, [], {})
     with pytest.raises(UserError, match="is a 'data.prepare' artifact, not token shards"):
         read_shard_manifest(tmp_path / "prep")
+
+
+@pytest.mark.parametrize("tokens_per_shard", [1, 4, 7, 8, 100])
+def test_shard_bounds_is_the_writers_cut(tmp_path, tokens_per_shard):
+    """The parallel tokenize path cuts shards with shard_bounds; it must cut where ShardWriter does."""
+    lengths = np.array([len(d) for d in DOCS])
+    info = write_split(tmp_path, DOCS, tokens_per_shard)
+    written = [len(np.fromfile(tmp_path / name, dtype=np.uint64)) for name in info["files"] if name.endswith(".idx")]
+    bounds = shard_bounds(lengths, tokens_per_shard)
+    assert [b - a for a, b in bounds] == written
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(DOCS) and all(x[1] == y[0] for x, y in itertools.pairwise(bounds))
+    assert shard_bounds(np.zeros(0, np.int64), tokens_per_shard) == []

@@ -135,6 +135,8 @@ def data_tokenize(
         Optional[list[str]], field_option(TokenizeConfig, "val_sources", "--val-source", suffix="; repeatable")
     ] = None,
     overwrite: Annotated[Optional[bool], field_option(TokenizeConfig, "overwrite")] = None,
+    workers: Annotated[Optional[int], field_option(TokenizeConfig, "workers")] = None,
+    executor: Annotated[Optional[str], field_option(TokenizeConfig, "executor")] = None,
     format: Annotated[str, typer.Option(help="text: documents; sft: chats/prompt-completion with a loss mask.")] = "text",
     set_: Annotated[
         Optional[list[str]],
@@ -152,6 +154,7 @@ def data_tokenize(
         # SftTokenizeConfig holds out val by its own keys (a file, or a hash fraction defaulting to 0)
         refuse_unused(ctx, ["val_fraction", "val_source"], "--format sft does not use it; hold out a val split "
                       "with --set val_input=FILE or --set val_fraction=F")
+        refuse_unused(ctx, ["workers", "executor"], "--format sft runs in one process")
         options = given(input=input, model=tokenizer, out=out_dir, overwrite=overwrite)
         manifest = tokenize_sft(build_config(SftTokenizeConfig, deep_merge(options, parse_overrides(set_ or []))))
         out.print(f"tokenized {out_dir}: " + counts_line(manifest["counts"]))
@@ -159,7 +162,7 @@ def data_tokenize(
     if format != "text":
         raise UserError(f"--format {format}: use text or sft")
     options = given(input=input, tokenizer=tokenizer, out=out_dir, val_fraction=val_fraction, val_sources=val_source,
-                    overwrite=overwrite)
+                    overwrite=overwrite, workers=workers, executor=executor)
     cfg = build_config(TokenizeConfig, deep_merge(options, parse_overrides(set_ or [])))
     manifest = tokenize(cfg)
     out.print(f"tokenized {out_dir}: " + counts_line(manifest["counts"]))

@@ -169,6 +169,14 @@ class TokenizeConfig(Section):
     batch_docs: int = Field(1024, ge=1, description="documents encoded per batch")
     curriculum: CurriculumConfig = Field(default_factory=lambda: CurriculumConfig())
     overwrite: bool = Field(False, description="replace an existing output folder")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this process (encodes on all cores); ray: Ray tasks encode slices of the corpus "
+        "and write shards in parallel (same bytes)"
+    )
+    workers: int = Field(0, ge=0, description="executor=ray: CPUs of the local Ray it starts (0 = all cores)")
+    task_docs: int = Field(
+        65536, ge=1, description="executor=ray: documents per encode task (whole Parquet row groups, up to this many)"
+    )
 
 
 class SftTokenizeConfig(Section):

@@ -1,7 +1,8 @@
 """Near-duplicate removal: MinHash signatures over word 5-grams, LSH banding, clusters over the whole corpus.
 
 Signatures are computed per document (in the workers, see `MinHasher`); clustering runs once over every
-signature of the corpus (`near_duplicate_mask`), so duplicates in different files and different workers meet.
+signature of the corpus (`near_duplicate_mask`, or partitioned over Ray tasks in data/dedup_partitioned.py from
+the same `band_keys`, `verified_pairs` and `clusters`), so duplicates in different files and workers meet.
 Every candidate pair that shares a band is verified against the full signature before it is merged: banding
 alone merges ~5% of pairs at Jaccard 0.5 (datatrove merges them), verification keeps merges above ~0.65.
 The survivor of a cluster is its first document in corpus order, so the output never depends on scheduling.
@@ -131,21 +132,47 @@ def band_keys(columns: np.ndarray) -> np.ndarray:
 def near_duplicate_mask(sigs: Signatures, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     """(removed, survivor): removed[i] is True for every cluster member but the first; survivor[i] is the index
     of the document that stays for i's cluster (i itself when i stays)."""
-    n = len(sigs)
-    parent = np.arange(n)
     candidates = np.flatnonzero(sigs.valid)
+    edges = []
     for band in range(params.bands):
-        cols = sigs.columns(band * params.rows, (band + 1) * params.rows)[candidates]
-        heads, members = _bucket_pairs(band_keys(cols))
-        if not len(heads):
-            continue
-        heads, members = candidates[heads], candidates[members]
-        similar = estimated_jaccard(sigs.rows(heads), sigs.rows(members)) >= params.min_similarity
-        for h, m in zip(heads[similar].tolist(), members[similar].tolist()):
-            _union(parent, h, m)
-    roots = parent
-    while len(roots) and not np.array_equal(nxt := roots[roots], roots):  # pointer jumping to the roots
-        roots = nxt
+        keys = band_keys(sigs.columns(band * params.rows, (band + 1) * params.rows)[candidates])
+        edges.append(verified_pairs(sigs, candidates, keys, params.min_similarity))
+    return clusters(len(sigs), np.concatenate(edges) if edges else np.empty((0, 2), np.int64))
+
+
+def verified_pairs(sigs: Signatures, index: np.ndarray, keys: np.ndarray, min_similarity: float,
+                   block: int = 65536) -> np.ndarray:
+    """Edges (head, member), int64 × 2, of one band: `keys[j]` is the bucket of document `index[j]` (`index`
+    ascending, so a bucket's head is its first document in corpus order); only pairs whose full signatures agree
+    on at least `min_similarity` of their values are kept. Signature rows are read `block` pairs at a time."""
+    heads, members = _bucket_pairs(keys)
+    heads, members = index[heads], index[members]
+    keep = np.zeros(len(heads), dtype=bool)
+    for start in range(0, len(heads), block):
+        stop = start + block
+        keep[start:stop] = estimated_jaccard(sigs.rows(heads[start:stop]), sigs.rows(members[start:stop])) >= min_similarity
+    return np.stack([heads[keep], members[keep]], axis=1).astype(np.int64, copy=False)
+
+
+def clusters(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of `n` documents joined by `edges`: (removed, survivor) as in `near_duplicate_mask`.
+
+    Vectorised hook-and-compress: every edge hooks the root of its larger side onto the smaller root, then pointer
+    jumping makes every document point at its root; repeated until both ends of every edge share a root. Pointers
+    only ever decrease, so each component's root is its smallest index whatever the order of the edges (the
+    survivor is the first document in corpus order) — and a few numpy passes replace a Python loop per edge, which
+    matters in the driver of a partitioned run (data/dedup_partitioned.py), where every edge of the corpus meets."""
+    roots = np.arange(n)
+    a, b = edges[:, 0], edges[:, 1]
+    while len(a):
+        ra, rb = roots[a], roots[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]  # settled edges never unsettle
+        np.minimum.at(roots, np.maximum(ra, rb), np.minimum(ra, rb))
+        while not np.array_equal(nxt := roots[roots], roots):
+            roots = nxt
     return roots != np.arange(n), roots
 
 
@@ -162,19 +189,3 @@ def _bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b).mean(axis=1)
-
-
-def _find(parent: np.ndarray, i: int) -> int:
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:  # path compression
-        parent[i], i = root, parent[i]
-    return int(root)
-
-
-def _union(parent: np.ndarray, a: int, b: int) -> None:
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:
-        # The smaller index becomes the root: the survivor is the earliest document of the cluster.
-        parent[max(ra, rb)] = min(ra, rb)

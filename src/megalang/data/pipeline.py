@@ -1,9 +1,11 @@
 """`megalang data prepare`: raw files → document steps → `docs-NNNNN.parquet` + manifest, in two phases.
 
 Map phase (parallel, one task per run of input files): normalise, length, quality filters, scrubbing,
-decontamination and MinHash signatures, per document; survivors go to a part file. Corpus phase (one process):
-exact and near-duplicate removal over every part at once, then the parts are written out in input order. So the
-output is byte-identical whatever the executor and the worker count. Also reads a prepared folder back.
+decontamination and MinHash signatures, per document; survivors go to a part file, signatures to a .sig.npy
+beside it. Corpus phase: exact duplicates (by digest, in this process), then near duplicates over every part at
+once (in this process, or with executor=ray as Ray tasks partitioned by LSH bucket, data/dedup_partitioned.py);
+then the parts are written out in input order. So the output is byte-identical whatever the executor and the
+worker count. Also reads a prepared folder back.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _MAX_LISTED_ERRORS = 1000
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Read every input, run the steps, write the surviving documents; return the manifest."""
-    from megalang.data.executors import resolve_workers, run_tasks
+    from megalang.data.executors import executor_session, resolve_workers, run_tasks
 
     found = find_input_files(cfg.inputs, cfg.exclude, out=cfg.out)
     if not found.files:
@@ -48,14 +50,15 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
                         "pass text, JSONL or Parquet files")
     build_steps(cfg)  # validate step names and their settings before any work starts
     tasks = plan_tasks(found.files, cfg.task_bytes)
-    with staging_dir(cfg.out, cfg.overwrite) as tmp:
+    workers = resolve_workers(cfg.workers)
+    with staging_dir(cfg.out, cfg.overwrite) as tmp, executor_session(cfg.executor, workers):
         parts = tmp / "_parts"
         parts.mkdir()
         work = functools.partial(map_task, cfg=cfg, parts=str(parts))
-        results = list(run_tasks(work, tasks, cfg.executor, resolve_workers(cfg.workers), cfg.progress,
+        results = list(run_tasks(work, tasks, cfg.executor, workers, cfg.progress,
                                  total_bytes=sum(t.nbytes for t in tasks)))
         merged = MergedResults(cfg, results)
-        keep = corpus_dedup(cfg, merged, parts)
+        keep = corpus_dedup(cfg, merged, parts, workers)
         writer = DocWriter(tmp, cfg.docs_per_file)
         write_survivors(parts, results, keep, writer, merged)
         writer.close()
@@ -279,8 +282,9 @@ class Survivors:
         return id_of_digest(self.digests[index * DIGEST_BYTES : (index + 1) * DIGEST_BYTES])
 
 
-def corpus_dedup(cfg: PrepareConfig, merged: MergedResults, parts: Path) -> Survivors:
-    """Exact, then near-duplicate removal over every survivor of the map phase; first in corpus order wins."""
+def corpus_dedup(cfg: PrepareConfig, merged: MergedResults, parts: Path, workers: int = 1) -> Survivors:
+    """Exact, then near-duplicate removal over every survivor of the map phase; first in corpus order wins.
+    With executor=ray near-dedup runs as Ray tasks (data/dedup_partitioned.py), here otherwise; same result."""
     results = merged.results
     nbytes = np.array([n for r in results for n in r.nbytes], dtype=np.int64)
     n = len(nbytes)
@@ -295,7 +299,7 @@ def corpus_dedup(cfg: PrepareConfig, merged: MergedResults, parts: Path) -> Surv
         if name == "exact_dedup":
             removed, first = exact_duplicates(digests, keep)
         else:
-            removed, first = near_duplicates(cfg, results, parts, keep)
+            removed, first = near_duplicates(cfg, results, parts, keep, workers)
         for i in np.flatnonzero(removed).tolist():
             st.drop("exact_duplicate" if name == "exact_dedup" else "near_duplicate", int(nbytes[i]))
             why[i] = (name, int(first[i]))
@@ -316,12 +320,21 @@ def exact_duplicates(digests: bytes, alive: np.ndarray) -> tuple[np.ndarray, np.
     return removed, first
 
 
-def near_duplicates(cfg: PrepareConfig, results: list[TaskResult], parts: Path, alive: np.ndarray):
+def near_duplicates(cfg: PrepareConfig, results: list[TaskResult], parts: Path, alive: np.ndarray, workers: int):
     from megalang.data.dedup import MinHashParams, Signatures, near_duplicate_mask
 
-    arrays = [np.load(part_path(parts, r.index, ".sig.npy"), mmap_mode="r") for r in results]
+    params = MinHashParams(**cfg.near_dedup.model_dump())
     valid = np.array([v for r in results for v in r.has_signature], dtype=bool) & alive
-    return near_duplicate_mask(Signatures(arrays, valid), MinHashParams(**cfg.near_dedup.model_dump()))
+    files = [str(part_path(parts, r.index, ".sig.npy")) for r in results]
+    if cfg.executor == "ray":
+        from megalang.data.dedup_partitioned import near_duplicates_partitioned
+        from megalang.data.executors import run_tasks
+
+        def run(fn, tasks, phase):
+            return run_tasks(fn, tasks, cfg.executor, workers, progress=False, phase=phase)
+
+        return near_duplicates_partitioned(files, valid, params, parts / "near_dedup", run, workers)
+    return near_duplicate_mask(Signatures([np.load(f, mmap_mode="r") for f in files], valid), params)
 
 
 def write_survivors(parts: Path, results: list[TaskResult], survivors: Survivors, writer: DocWriter,

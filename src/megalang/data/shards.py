@@ -24,12 +24,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 @dataclass
 class ShardWriter:
-    """Appends documents to `{split}-NNNNN.bin/.idx`, starting a new pair past `tokens_per_shard`."""
+    """Appends documents to `{split}-NNNNN.bin/.idx`, starting a new pair past `tokens_per_shard` (NNNNN counts
+    from `first`: a parallel writer writes shard `first` alone, see `shard_bounds`)."""
 
     root: Path
     split: str
     dtype: np.dtype
     tokens_per_shard: int
+    first: int = 0
     files: list[str] = field(default_factory=list)
     tokens: int = 0
     documents: int = 0
@@ -40,7 +42,7 @@ class ShardWriter:
     def add(self, ids: np.ndarray) -> None:
         if self._bin is None or self._in_shard >= self.tokens_per_shard:
             self._close_shard()
-            name = f"{self.split}-{len(self.files) // 2:05d}"
+            name = f"{self.split}-{self.first + len(self.files) // 2:05d}"
             self._bin = open(self.root / f"{name}.bin", "wb")
             self.files += [f"{name}.bin", f"{name}.idx"]
         ids = np.asarray(ids)
@@ -65,6 +67,18 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         self._close_shard()
         return {"files": list(self.files), "tokens": self.tokens, "documents": self.documents}
+
+
+def shard_bounds(lengths: np.ndarray, tokens_per_shard: int) -> list[tuple[int, int]]:
+    """[start, stop) document ranges of the shards `ShardWriter` makes from documents of these token lengths (each
+    at least 1): a shard takes documents until it holds `tokens_per_shard` tokens or more, then the next begins."""
+    ends = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    bounds, start = [], 0
+    while start < len(lengths):
+        stop = min(int(np.searchsorted(ends, ends[start] + tokens_per_shard, side="left")), len(lengths))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 class TokenSplit:
