@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from megalang.cli.app import app, field_option, given, out, split_recipe, user_errors
-from megalang.config import PlanConfig, RunConfig, ShapeConfig, build_config, config_help, load_config
+from megalang.cli.app import app, field_option, given, out, refuse_unused, split_recipe, user_errors
+from megalang.config import DataPlanConfig, PlanConfig, RunConfig, ShapeConfig, build_config, config_help, load_config
 
 # --- train / eval / export / generate ---------------------------------------------------------------
 
@@ -113,7 +113,9 @@ def demo_cmd(
 @app.command("plan")
 @user_errors
 def plan_cmd(
-    recipe: Annotated[Optional[str], typer.Argument(help="Plan YAML (keys as below); options override it.")] = None,
+    ctx: typer.Context,
+    recipe: Annotated[Optional[str], typer.Argument(
+        help="Plan YAML (keys as below; options override it), or `data` for the data job's plan.")] = None,
     preset: Annotated[Optional[str], field_option(PlanConfig, "preset")] = None,
     params: Annotated[Optional[str], field_option(PlanConfig, "params", suffix=", e.g. 7e9 or 100B")] = None,
     hidden_size: Annotated[
@@ -139,11 +141,36 @@ def plan_cmd(
     optimizer: Annotated[Optional[str], field_option(PlanConfig, "optimizer")] = None,
     mfu: Annotated[Optional[float], field_option(PlanConfig, "mfu")] = None,
     deadline_days: Annotated[Optional[float], field_option(PlanConfig, "deadline_days")] = None,
+    workers: Annotated[Optional[int], field_option(DataPlanConfig, "workers", prefix="plan data: ")] = None,
+    kept_fraction: Annotated[Optional[float], field_option(DataPlanConfig, "kept_fraction", prefix="plan data: ")] = None,
+    bytes_per_token: Annotated[
+        Optional[float], field_option(DataPlanConfig, "bytes_per_token", prefix="plan data: ")] = None,
+    token_bytes: Annotated[Optional[int], field_option(DataPlanConfig, "token_bytes", prefix="plan data: ")] = None,
+    rates: Annotated[Optional[str], field_option(DataPlanConfig, "rates", prefix="plan data: ")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """FLOPs, memory per GPU, tokens/s, days and a verdict for a training plan; exit 1 when it is not feasible."""
+    """FLOPs, memory per GPU, tokens/s, days and a verdict for a training plan; `plan data`: hours and core-hours
+    of each data stage. Exit 1 when the plan is not feasible."""
     from megalang.config import load_yaml
     from megalang.plan import format_plan, parse_count, plan
+
+    data_only = ["workers", "kept_fraction", "bytes_per_token", "token_bytes", "rates"]
+    if recipe == "data":  # a plan YAML literally named `data` is still reachable as ./data
+        from megalang.plan_data import format_data_plan, plan_data
+
+        refuse_unused(ctx, [p.name for p in ctx.command.params if p.name not in
+                            ("recipe", "tokens", "deadline_days", "as_json", *data_only)],
+                      "`plan data` plans the data job; it takes --tokens, --workers, --kept-fraction, "
+                      "--bytes-per-token, --token-bytes, --rates and --deadline-days")
+        options = given(tokens=parse_count(tokens, "--tokens") if tokens else None, workers=workers,
+                        kept_fraction=kept_fraction, bytes_per_token=bytes_per_token, token_bytes=token_bytes,
+                        rates=rates, deadline_days=deadline_days)
+        result = plan_data(build_config(DataPlanConfig, options, "options"))
+        out.print(json.dumps(result, indent=2) if as_json else format_data_plan(result), markup=False)
+        if not result["feasible"]:
+            raise typer.Exit(1)
+        return
+    refuse_unused(ctx, data_only, "it is an option of `megalang plan data`, not of a training plan")
 
     data = load_yaml(recipe) if recipe else {}
     shape = given(hidden_size=hidden_size, num_layers=layers, intermediate_size=intermediate_size, num_heads=heads,

@@ -29,7 +29,7 @@ from megalang.config.load import (
     parse_overrides,
     parse_scalar,
 )
-from megalang.config.plan import PlanConfig, ShapeConfig
+from megalang.config.plan import DataPlanConfig, PlanConfig, ShapeConfig
 from megalang.config.run import (
     MOVED_KEYS,
     CanaryConfig,
@@ -71,6 +71,7 @@ __all__ = [
     "NearDedupConfig",
     "OptimizerConfig",
     "ParallelConfig",
+    "DataPlanConfig",
     "PlanConfig",
     "PrepareConfig",
     "SECURITY_SCRUB",

@@ -57,3 +57,22 @@ class PlanConfig(Section):
         if len(given) != 1:
             raise ValueError("give exactly one of preset, params or shape" + (f" (got {', '.join(given)})" if given else ""))
         return self
+
+
+class DataPlanConfig(Section):
+    """`megalang plan data`: hours and core-hours of each data stage for a corpus of `tokens`, from measured
+    per-core rates (bench/data_rates.py)."""
+
+    tokens: float = Field(gt=0, description="tokens the prepared corpus must hold (what `data tokenize` writes)")
+    workers: int = Field(ge=1, description="CPU cores the data job runs on in total (Ray workers × cores each)")
+    kept_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the raw input's bytes that survives `data prepare` (filters, "
+        "scrubbing, dedup); 1.0 plans as if nothing were removed — a web crawl keeps far less"
+    )
+    bytes_per_token: float | None = Field(None, gt=0, description="text bytes per token of your tokenizer on your "
+                                          "data (default: the rates file's measurement)")
+    token_bytes: Literal[2, 4] = Field(4, description="bytes per token in the shards: 2 for vocabularies up to "
+                                       "65,536, else 4")
+    rates: str | None = Field(None, description="a rates JSON written by `bench/data_rates.py --write FILE` on your "
+                              "hardware (default: the rates measured on megalang's 2-core CI machine)")
+    deadline_days: float | None = Field(None, gt=0, description="wall-clock budget for the whole data job")
