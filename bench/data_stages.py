@@ -9,9 +9,10 @@ dedup; tokenize a 4096-token BPE trained once on the prepared output. Each confi
 functions in the order `data prepare` runs them (pipeline.py), timing each phase; one process (`executor=local`,
 1 worker; its tokenizer uses every core, as the stage does) and a local Ray of 1 and 2 CPUs (`executor=ray`; one
 encoder thread per Ray task). Every configuration's output is checked byte-identical to the one-process output.
-Per-core rate = documents (or MB) per second / cores used. Prints one JSON line.
+Per-core rate = documents (or MB) per second / cores used. Prints one JSON line; `--write FILE` also writes the
+rates `megalang plan data --rates FILE` reads (docs/planning.md).
 
-    .venv/bin/python bench/data_stages.py [--megabytes 6] [--repeats 1]
+    .venv/bin/python bench/data_stages.py [--megabytes 6] [--repeats 1] [--write rates.json]
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import argparse
 import functools
 import json
 import os
+import platform
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -193,6 +196,7 @@ def main() -> None:
     ap.add_argument("--megabytes", type=float, default=6.0, help="corpus size before copies are counted")
     ap.add_argument("--dedup-documents", type=int, default=200_000, help="synthetic signatures for near_dedup_at_scale")
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest of each phase is kept")
+    ap.add_argument("--write", help="also write the rates `megalang plan data --rates FILE` reads to FILE")
     args = ap.parse_args()
 
     from megalang.config import TokenizerTrainConfig
@@ -211,8 +215,11 @@ def main() -> None:
             write_prepared_manifest(out / "prepared")
             texts = [r["text"] for r in iter_prepared(out / "prepared")]
             if not tok.exists():
+                start = time.perf_counter()
                 train_tokenizer(TokenizerTrainConfig(input=str(out / "prepared"), out=str(tok), vocab_size=4096,
                                                      max_sentences=50_000))
+                tokenizer = {"seconds": round(time.perf_counter() - start, 3),
+                             "sample_mb": round(sum(len(t.encode()) for t in texts) / 1e6, 3)}
             tokd = tokenize_phase(out / "prepared", tok, out / "shards", executor, workers)
             shard_files = {k: v for k, v in tokd.pop("files").items()}
             same = (texts, shard_files)
@@ -238,14 +245,48 @@ def main() -> None:
                 if row[phase]["seconds"] < best[phase]["seconds"]:
                     best[phase] = row[phase]
             shutil.rmtree(out)
-        print(json.dumps({
+        line = {
             "bench": "data_stages", "cpus": os.cpu_count(), "corpus_mb": round(prep["map_bytes"] / 1e6, 2),
             "documents": prep["map_documents"], "removed_exact": prep["removed_exact"],
             "removed_near": prep["removed_near"], "kept": prep["kept"], "tokens": tokd["tokens"],
-            "identical_output": True, **results,
-        }))
+            "tokenizer": tokenizer, "identical_output": True, **results,
+        }
+        print(json.dumps(line))
+        if args.write:
+            write_plan_rates(Path(args.write), line, prepared_bytes / tokd["tokens"],
+                             prep["map_bytes"] / prep["map_documents"], sys.argv[1:])
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def write_plan_rates(path: Path, line: dict, bytes_per_token: float, doc_bytes: float, argv: list[str]) -> None:
+    """The rates file `megalang plan data` reads (plan_data.py): per stage, MB of its input per second per core on
+    one Ray worker, and the throughput of 2 workers over 1. The near-dedup corpus phase is measured in documents
+    (its cost follows the document count, not the bytes); it is converted at this corpus's mean document size."""
+    one, two = line["ray-1"], line["ray-2"]
+
+    def stage(name: str, mb: float, mb2: float) -> dict:
+        return {"mb_per_core_s": round(mb, 4), "speedup_2_workers": round(2 * mb2 / mb, 3), "measured_as": name}
+
+    def near(row: dict) -> float:
+        return row["near_dedup_at_scale"]["docs_per_s_per_core"] * doc_bytes / 1e6
+
+    rates = {
+        "command": "python bench/data_stages.py " + " ".join(argv),
+        "measured": f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cpus, load average "
+                    f"{os.getloadavg()[0]:.1f} at the end",
+        "bytes_per_token": round(bytes_per_token, 4),
+        "stages": {
+            "prepare": stage("prepare_map", one["prepare_map"]["mb_per_s_per_core"],
+                             two["prepare_map"]["mb_per_s_per_core"]),
+            "near_dedup": stage(f"near_dedup_at_scale × {doc_bytes:.0f} bytes per document", near(one), near(two)),
+            "tokenizer": line["tokenizer"],
+            "tokenize": stage("tokenize", one["tokenize"]["mb_per_s_per_core"], two["tokenize"]["mb_per_s_per_core"]),
+        },
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rates, indent=1) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

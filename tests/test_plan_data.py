@@ -66,7 +66,7 @@ def test_bytes_per_token_overrides_the_measurement(rates):
 def test_packaged_rates_are_complete():
     rates, source = load_rates(None)
     assert source.endswith("plan_data_rates.json")
-    assert rates["command"].startswith("python bench/data_rates.py")  # where the numbers came from
+    assert rates["command"].startswith("python bench/data_stages.py")  # where the numbers came from
 
 
 @pytest.mark.parametrize("content, field", [
@@ -102,3 +102,30 @@ def test_cli_plan_data(rates, tmp_path):
         assert bad.exit_code == 2 and message in bad.output, bad.output
     train = runner.invoke(app, ["plan", "--preset", "debug", "--tokens", "1e6", "--workers", "4"])
     assert train.exit_code == 2 and "plan data" in train.output
+
+
+
+def test_bench_rates_file_is_what_the_plan_reads(tmp_path, monkeypatch):
+    """bench/data_stages.py's --write conversion on a result line of its shape: per-core MB/s from the 1-worker Ray
+    row, 2-worker speedup as throughput ratio, near-dedup documents/s at the corpus's document size."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.modules.pop("data_stages", None)
+    from data_stages import write_plan_rates
+
+    def row(mb: float, docs: float) -> dict:
+        return {"prepare_map": {"mb_per_s_per_core": mb}, "tokenize": {"mb_per_s_per_core": 2 * mb},
+                "near_dedup_at_scale": {"docs_per_s_per_core": docs}}
+
+    line = {"tokenizer": {"seconds": 3.0, "sample_mb": 5.0}, "ray-1": row(1.6, 200_000), "ray-2": row(1.2, 100_000)}
+    out = tmp_path / "rates.json"
+    write_plan_rates(out, line, bytes_per_token=3.5, doc_bytes=1500, argv=["--write", str(out)])
+    rates, _ = load_rates(str(out))
+    s = rates["stages"]
+    assert s["prepare"] == {"mb_per_core_s": 1.6, "speedup_2_workers": 1.5, "measured_as": "prepare_map"}
+    assert s["tokenize"]["mb_per_core_s"] == 3.2 and s["tokenize"]["speedup_2_workers"] == 1.5
+    assert s["near_dedup"]["mb_per_core_s"] == 300.0 and s["near_dedup"]["speedup_2_workers"] == 1.0
+    assert s["tokenizer"] == {"seconds": 3.0, "sample_mb": 5.0} and rates["bytes_per_token"] == 3.5
+    assert not list(tmp_path.glob("*.tmp"))

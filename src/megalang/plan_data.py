@@ -1,6 +1,6 @@
 """`megalang plan data`: how long the data stages take for a corpus of a given size on a given number of cores.
 
-Every figure comes from a rates file that `bench/data_rates.py --write FILE` measures: each stage's throughput
+Every figure comes from a rates file that `bench/data_stages.py --write FILE` measures: each stage's throughput
 per core (MB of the stage's input per second) and how it scaled from one Ray worker to two. The plan divides each
 stage's input by its rate; the stages run one after another, as `data prepare` → `tokenizer train` →
 `data tokenize` do. Nothing here is fitted: a stage's hours on N cores are its core-hours divided by N and by the
@@ -43,15 +43,15 @@ def load_rates(path: str | None) -> tuple[dict[str, Any], str]:
     else:
         source, file = path, Path(path)
         if not file.is_file():
-            raise UserError(f"{path}: no such rates file; write one with `python bench/data_rates.py --write {path}`")
+            raise UserError(f"{path}: no such rates file; write one with `python bench/data_stages.py --write {path}`")
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: cannot read the rates file ({e}); write it again with bench/data_rates.py")
+            raise UserError(f"{path}: cannot read the rates file ({e}); write it again with bench/data_stages.py")
     try:
         rates = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{source}: not JSON ({e.msg} at line {e.lineno}); write it with bench/data_rates.py")
+        raise UserError(f"{source}: not JSON ({e.msg} at line {e.lineno}); write it with bench/data_stages.py")
     check_rates(rates, source)
     return rates, source
 
@@ -61,15 +61,15 @@ def check_rates(rates: Any, source: str) -> None:
     def positive(value: Any, field: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise UserError(f"{source}: {field} must be a positive number (got {value!r}); "
-                            "write the file with bench/data_rates.py")
+                            "write the file with bench/data_stages.py")
 
     if not isinstance(rates, dict) or not isinstance(rates.get("stages"), dict):
-        raise UserError(f"{source}: expected an object with 'stages'; write it with bench/data_rates.py")
+        raise UserError(f"{source}: expected an object with 'stages'; write it with bench/data_stages.py")
     positive(rates.get("bytes_per_token"), "bytes_per_token")
     for stage in STAGES:
         entry = rates["stages"].get(stage)
         if not isinstance(entry, dict):
-            raise UserError(f"{source}: stages.{stage} is missing; write the file with bench/data_rates.py")
+            raise UserError(f"{source}: stages.{stage} is missing; write the file with bench/data_stages.py")
         if stage == "tokenizer":
             positive(entry.get("seconds"), f"stages.{stage}.seconds")
         else:
@@ -109,7 +109,7 @@ def plan_data(cfg: DataPlanConfig) -> dict[str, Any]:
     notes = [f"rates: {source} ({rates.get('measured', 'no date recorded')})"]
     if cfg.workers > 2:
         notes.append("parallel efficiency was measured at 2 workers and is assumed to hold at "
-                     f"{cfg.workers:,}; re-measure on your cluster with bench/data_rates.py")
+                     f"{cfg.workers:,}; re-measure on your cluster with bench/data_stages.py")
     if cfg.kept_fraction == 1.0:
         notes.append("kept_fraction 1.0: the raw input is taken to be the prepared corpus; a web crawl loses most "
                      "of its bytes to the filters and dedup, so set --kept-fraction to your measured share")

@@ -61,7 +61,7 @@ class PlanConfig(Section):
 
 class DataPlanConfig(Section):
     """`megalang plan data`: hours and core-hours of each data stage for a corpus of `tokens`, from measured
-    per-core rates (bench/data_rates.py)."""
+    per-core rates (bench/data_stages.py)."""
 
     tokens: float = Field(gt=0, description="tokens the prepared corpus must hold (what `data tokenize` writes)")
     workers: int = Field(ge=1, description="CPU cores the data job runs on in total (Ray workers × cores each)")
@@ -73,6 +73,6 @@ class DataPlanConfig(Section):
                                           "data (default: the rates file's measurement)")
     token_bytes: Literal[2, 4] = Field(4, description="bytes per token in the shards: 2 for vocabularies up to "
                                        "65,536, else 4")
-    rates: str | None = Field(None, description="a rates JSON written by `bench/data_rates.py --write FILE` on your "
+    rates: str | None = Field(None, description="a rates JSON written by `bench/data_stages.py --write FILE` on your "
                               "hardware (default: the rates measured on megalang's 2-core CI machine)")
     deadline_days: float | None = Field(None, gt=0, description="wall-clock budget for the whole data job")
