@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from megalang.config.base import Section, T
 from megalang.config.data import (
+    CODE_SCRUB,
+    DEFAULT_STEPS,
     SECURITY_SCRUB,
     ClassifierTrainConfig,
     CurriculumConfig,
@@ -73,6 +75,8 @@ __all__ = [
     "ParallelConfig",
     "PlanConfig",
     "PrepareConfig",
+    "CODE_SCRUB",
+    "DEFAULT_STEPS",
     "SECURITY_SCRUB",
     "PrivacyConfig",
     "RayConfig",
