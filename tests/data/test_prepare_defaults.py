@@ -24,60 +24,60 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 # Crawled pages: ordinary prose, two paragraphs (lines) each, that passes the web rules unchanged.
 PAGES = [
-    "The old harbour town grew up around a single stone quay that fishermen built in the twelfth century. For "
-    "hundreds of years the boats went out before dawn and came back in the afternoon, and the market on the quay "
-    "sold whatever the sea had given that day. When the railway arrived in 1862, the catch could reach the city "
-    "by evening, and the town doubled in size within a generation.\n"
-    "Today only a handful of boats still work from the quay. Most of the old net lofts have become cafes and "
-    "small galleries, and the fish market opens on Saturdays for visitors. The harbour master still keeps a "
-    "logbook of every vessel that enters, a habit that has not been broken since the first entry was made.",
+    ("The old harbour town grew up around a single stone quay that fishermen built in the twelfth century. For "
+     "hundreds of years the boats went out before dawn and came back in the afternoon, and the market on the quay "
+     "sold whatever the sea had given that day. When the railway arrived in 1862, the catch could reach the city "
+     "by evening, and the town doubled in size within a generation.\n"
+     "Today only a handful of boats still work from the quay. Most of the old net lofts have become cafes and "
+     "small galleries, and the fish market opens on Saturdays for visitors. The harbour master still keeps a "
+     "logbook of every vessel that enters, a habit that has not been broken since the first entry was made."),
 
-    "Sourdough bread is made with a culture of wild yeast and lactic acid bacteria instead of packaged yeast. The "
-    "culture, often called a starter, is a simple mixture of flour and water that is fed every day until it "
-    "bubbles and smells pleasantly sour. Bakers keep their starters for years, and some claim that theirs are "
-    "older than the bakery itself.\n"
-    "The long fermentation gives the bread its open crumb and tangy flavour. It also breaks down part of the "
-    "gluten and the starches, which is why some people find sourdough easier to digest. A loaf takes about a "
-    "day from mixing to baking, but most of that time the dough simply rests in a cool place.",
+    ("Sourdough bread is made with a culture of wild yeast and lactic acid bacteria instead of packaged yeast. The "
+     "culture, often called a starter, is a simple mixture of flour and water that is fed every day until it "
+     "bubbles and smells pleasantly sour. Bakers keep their starters for years, and some claim that theirs are "
+     "older than the bakery itself.\n"
+     "The long fermentation gives the bread its open crumb and tangy flavour. It also breaks down part of the "
+     "gluten and the starches, which is why some people find sourdough easier to digest. A loaf takes about a "
+     "day from mixing to baking, but most of that time the dough simply rests in a cool place."),
 
-    "Honey bees communicate the location of food with a movement known as the waggle dance. A forager that has "
-    "found a rich patch of flowers returns to the hive and runs in a straight line while shaking her body, then "
-    "loops back and repeats the run. The angle of the run against the vertical comb tells the other bees the "
-    "direction of the flowers relative to the sun.\n"
-    "The length of each waggle run encodes the distance to the food. Karl von Frisch decoded the dance in the "
-    "1940s and later shared a Nobel Prize for the work. Researchers have since shown that bees adjust the angle "
-    "through the day to account for the movement of the sun across the sky.",
+    ("Honey bees communicate the location of food with a movement known as the waggle dance. A forager that has "
+     "found a rich patch of flowers returns to the hive and runs in a straight line while shaking her body, then "
+     "loops back and repeats the run. The angle of the run against the vertical comb tells the other bees the "
+     "direction of the flowers relative to the sun.\n"
+     "The length of each waggle run encodes the distance to the food. Karl von Frisch decoded the dance in the "
+     "1940s and later shared a Nobel Prize for the work. Researchers have since shown that bees adjust the angle "
+     "through the day to account for the movement of the sun across the sky."),
 
-    "A suspension bridge carries its deck on vertical hangers that hang from two main cables. The cables pass over "
-    "tall towers and are anchored in massive blocks of concrete at each end, so most of the load ends up in the "
-    "ground rather than in the deck. This design lets engineers span distances that no beam or arch could cross "
-    "with the materials of the time.\n"
-    "Wind was the great enemy of early suspension bridges. The collapse of the Tacoma Narrows Bridge in 1940 "
-    "showed that a deck which is too thin and flexible can start to twist in a steady breeze. Modern decks are "
-    "stiffened trusses or shaped boxes that let the air flow around them without building up motion.",
+    ("A suspension bridge carries its deck on vertical hangers that hang from two main cables. The cables pass over "
+     "tall towers and are anchored in massive blocks of concrete at each end, so most of the load ends up in the "
+     "ground rather than in the deck. This design lets engineers span distances that no beam or arch could cross "
+     "with the materials of the time.\n"
+     "Wind was the great enemy of early suspension bridges. The collapse of the Tacoma Narrows Bridge in 1940 "
+     "showed that a deck which is too thin and flexible can start to twist in a steady breeze. Modern decks are "
+     "stiffened trusses or shaped boxes that let the air flow around them without building up motion."),
 
-    "Composting turns kitchen scraps and garden waste into a dark, crumbly material that improves almost any soil. "
-    "The work is done by bacteria, fungi and small animals such as worms, which need air, water and a balance of "
-    "green and brown material. Grass clippings and vegetable peelings provide nitrogen, while dry leaves and "
-    "cardboard provide carbon.\n"
-    "A well built heap warms up quickly as the microbes multiply, and the heat kills most weed seeds. Turning "
-    "the heap every few weeks brings fresh air to the centre and speeds the process along. After a few months "
-    "the finished compost can be spread on beds or mixed into potting soil for containers.",
+    ("Composting turns kitchen scraps and garden waste into a dark, crumbly material that improves almost any soil. "
+     "The work is done by bacteria, fungi and small animals such as worms, which need air, water and a balance of "
+     "green and brown material. Grass clippings and vegetable peelings provide nitrogen, while dry leaves and "
+     "cardboard provide carbon.\n"
+     "A well built heap warms up quickly as the microbes multiply, and the heat kills most weed seeds. Turning "
+     "the heap every few weeks brings fresh air to the centre and speeds the process along. After a few months "
+     "the finished compost can be spread on beds or mixed into potting soil for containers."),
 ]
 
 # The same kind of page with personal data in it: kept, with the data replaced by placeholders.
 PII_PAGES = [
-    "Our reading group meets on the first Tuesday of every month in the back room of the public library. We "
-    "are reading a novel by a different author each season, and new members are always welcome to join us. "
-    "If you would like to receive the reading list, write to margaret.hollis@example.org and she will add you "
-    "to the mailing list. You can also call her on (415) 555-0134 in the evenings. The library has a few spare "
-    "copies of each book for members who cannot buy their own.",
+    ("Our reading group meets on the first Tuesday of every month in the back room of the public library. We "
+     "are reading a novel by a different author each season, and new members are always welcome to join us. "
+     "If you would like to receive the reading list, write to margaret.hollis@example.org and she will add you "
+     "to the mailing list. You can also call her on (415) 555-0134 in the evenings. The library has a few spare "
+     "copies of each book for members who cannot buy their own."),
 
-    "The school network was slow for most of the week, and the technicians finally traced the problem to a "
-    "misconfigured switch in the science block. The faulty device had the address 198.51.100.23 and was "
-    "sending the same packets around a loop. After it was replaced, the speed of the connection went back to "
-    "normal in every classroom. The head teacher thanked the staff for their patience and asked them to report "
-    "any further problems to the office as soon as they notice them. A new switch has been ordered as a spare.",
+    ("The school network was slow for most of the week, and the technicians finally traced the problem to a "
+     "misconfigured switch in the science block. The faulty device had the address 198.51.100.23 and was "
+     "sending the same packets around a loop. After it was replaced, the speed of the connection went back to "
+     "normal in every classroom. The head teacher thanked the staff for their patience and asked them to report "
+     "any further problems to the office as soon as they notice them. A new switch has been ordered as a spare."),
 ]
 PII = ["margaret.hollis@example.org", "(415) 555-0134", "198.51.100.23"]
 
@@ -190,8 +190,8 @@ def write_corpus(root: Path) -> Path:
     second = [PAGES[2], PAGES[3] + "\n", *NEAR_COPIES]  # the trailing newline goes in normalisation: an exact copy
     for name, texts in (("pages-0.jsonl", first), ("pages-1.jsonl", second)):
         with open(root / "crawl" / name, "w", encoding="utf-8") as f:
-            for i, text in enumerate(texts):
-                f.write(json.dumps({"text": text, "url": f"https://www.example.com/{name}/{i}"}) + "\n")
+            f.writelines(json.dumps({"text": text, "url": f"https://www.example.com/{name}/{i}"}) + "\n"
+                         for i, text in enumerate(texts))
     (root / "books").mkdir()
     (root / "books" / "pg1524.txt").write_text(BOOK, encoding="utf-8")
     (root / "src").mkdir()
