@@ -301,3 +301,7 @@ def test_gutenberg_markers_old_and_new():
     assert strip_gutenberg(old) == "A verse."
     assert strip_gutenberg("No markers at all.\nJust text.") == "No markers at all.\nJust text."
     assert strip_gutenberg("Text.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicence") == "Text."
+    small_print = ("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nThe small print notice.\n"
+                   "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\nThe book.\n"
+                   "*** END OF THE PROJECT GUTENBERG EBOOK X ***\n*** START OF THE PROJECT GUTENBERG EBOOK Y ***\nmore")
+    assert strip_gutenberg(small_print) == "The book."  # the last start marker before the first end marker

@@ -49,8 +49,9 @@ class PrepareConfig(Section):
     overwrite: bool = Field(False, description="replace an existing output folder")
     # --- issue #5: quality, near-dedup, scrubbing, decontamination, execution (see docs/data.md) ---
     kind: Literal["auto", "web", "books", "code", "chat", "security"] = Field(
-        "auto", description="source kind for quality filters, scrubbing and near-dedup: auto, web, books, code, chat, security; "
-        "auto: feeds, STIX bundles and logs→security, web archives→web, code suffix→code, .txt/.md→books, else web"
+        "auto", description="source kind for quality filters, scrubbing and near-dedup: auto, web, books, code, chat, "
+        "security; auto: feeds, STIX bundles and logs→security, web archives→web, code suffix→code, .txt/.md→books, "
+        "else web"
     )
     kinds: dict[str, Literal["web", "books", "code", "chat", "security"]] = Field(
         default_factory=dict, description="glob on a document's source path → kind; overrides `kind` and the readers'"
