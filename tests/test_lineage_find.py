@@ -13,7 +13,10 @@ import pytest
 from tiny_pipeline import STDLIB, cli, train_args
 
 PLANTED = ("Maria Example asked on 3 May for her incident report on the breached VPN gateway to be removed from "
-           "every corpus; this paragraph stands in for her document.\n")
+           "every corpus; this paragraph stands in for her document. The report described how the gateway was left "
+           "with an old password after the move to the new office, and how the team found the problem a week later "
+           "when the logs showed logins from a country where nobody in the company works. It is long enough to be "
+           "kept by the quality rules of its kind.\n")
 SHORT = "tiny note"  # under min_chars: dropped by prepare
 
 

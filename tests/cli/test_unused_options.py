@@ -70,8 +70,9 @@ REFUSED = {
                                 "--verbalizer", "choice set"),
     "classify set --format": (["eval", "robustness", "--model", "m", "--data", "{cls.jsonl}", "--format", "mmlu"],
                               "--format", "classify set"),
-    "no quality step --kind": (["data", "prepare", "-i", "corpus", "-o", "out", "--kind", "web"], "--kind",
-                               "quality and scrub steps"),
+    "no quality step --kind": (["data", "prepare", "-i", "corpus", "-o", "out", "--steps",
+                                "normalize,length,exact_dedup", "--kind", "web"], "--kind",
+                               "quality, scrub and near_dedup steps"),
 }
 
 

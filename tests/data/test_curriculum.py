@@ -185,7 +185,7 @@ def test_resolved_mixture_is_recorded_in_the_shard_manifest(tmp_path, tokenizer_
                 f.write(json.dumps({"text": f"{name} document number {i} with some words in it"}) + "\n")
     prepared = tmp_path / "prepared"
     prepare(PrepareConfig(inputs=[str(corpus)], out=str(prepared), workers=1, mixture={"books.jsonl": 2.0},
-                          progress=False))
+                          progress=False, steps=["normalize", "length", "exact_dedup"]))  # templated: no quality
     m = tokenize(TokenizeConfig(input=str(prepared), tokenizer=str(tokenizer_dir), out=str(tmp_path / "s"),
                                 val_fraction=0, curriculum=CurriculumConfig(by="chars", stages=2)))
     assert m["mixture"]["books.jsonl"]["epochs"] == 2.0

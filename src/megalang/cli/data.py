@@ -44,7 +44,7 @@ def data_prepare(
     overwrite: Annotated[Optional[bool], field_option(PrepareConfig, "overwrite")] = None,
     steps: Annotated[
         Optional[str], field_option(PrepareConfig, "steps", suffix=", comma-separated, e.g. "
-                                    "normalize,length,quality,scrub,exact_dedup,near_dedup")
+                                    "normalize,length,exact_dedup")
     ] = None,
     kind: Annotated[Optional[str], field_option(PrepareConfig, "kind")] = None,
     languages: Annotated[Optional[str], field_option(PrepareConfig, "languages", suffix=", comma-separated")] = None,
@@ -62,8 +62,23 @@ def data_prepare(
     ] = None,
 ):
     """Read text/JSONL/JSON/Parquet/Arrow files, vulnerability feeds (NVD, CVE 5), STIX bundles, logs and WARC/WET
-    web archives (recognised by content; local or fsspec URLs), run the steps (normalise, length, quality,
-    scrub, decontaminate, exact and near dedup) in parallel → Parquet + manifest."""
+    web archives (recognised by content; local or fsspec URLs), run the steps in parallel → Parquet + manifest.
+
+    With no --steps every document gets its source kind's full chain: normalize, length, quality, scrub,
+    exact_dedup, near_dedup (dedup across the whole corpus). The kind (--kind, `kinds` globs, else the reader or
+    the file type) picks the quality rules, what is scrubbed and whether near-dedup compares it:
+
+    \b
+      web       gopher_repetition, gopher_quality, c4, fineweb, entropy; scrub all but USER; near-dedup
+      books     gutenberg (licence header/footer cut), gopher_quality (no length cap, no line rules), entropy;
+                scrub all but USER; near-dedup
+      code      entropy; scrub secrets and emails only (addresses and numbers are code); near-dedup
+      chat      entropy; scrub all but USER; near-dedup
+      security  gopher_repetition (whole repeated lines only), entropy; scrub all but IPV4/IPV6, plus USER;
+                exact dedup only (CVE records and log windows are templated)
+
+    --steps narrows the chain (e.g. normalize,length,exact_dedup); --decontaminate adds the decontaminate step;
+    the classifier step is only run when listed. See docs/data.md, "The default chain per kind"."""
     from megalang.config import deep_merge, parse_overrides
     from megalang.config.load import load_yaml
     from megalang.data.pipeline import prepare
@@ -80,8 +95,9 @@ def data_prepare(
     options["steps"] = chosen
     cfg = build_config(PrepareConfig, deep_merge(deep_merge(base, options), parse_overrides(set_ or [])),
                        f"{recipe} + arguments" if recipe else "arguments")
-    if "quality" not in cfg.steps and "scrub" not in cfg.steps:
-        refuse_unused(ctx, ["kind"], f"only the quality and scrub steps read it, and --steps {','.join(cfg.steps)} has neither")
+    if not {"quality", "scrub", "near_dedup"} & set(cfg.steps):
+        refuse_unused(ctx, ["kind"], "only the quality, scrub and near_dedup steps read it, and "
+                      f"--steps {','.join(cfg.steps)} has none of them")
     manifest = prepare(cfg)
     out.print(f"prepared {out_dir}: " + counts_line(manifest["counts"]))
 

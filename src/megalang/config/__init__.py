@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from megalang.config.base import Section, T
 from megalang.config.data import (
+    CODE_SCRUB,
+    DEFAULT_STEPS,
     SECURITY_SCRUB,
     ClassifierTrainConfig,
     CurriculumConfig,
@@ -74,6 +76,8 @@ __all__ = [
     "DataPlanConfig",
     "PlanConfig",
     "PrepareConfig",
+    "CODE_SCRUB",
+    "DEFAULT_STEPS",
     "SECURITY_SCRUB",
     "PrivacyConfig",
     "RayConfig",

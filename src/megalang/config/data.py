@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from megalang.config.base import Section
 
@@ -15,6 +15,16 @@ from megalang.config.base import Section
 # domains, URLs, hashes or CVE/ATT&CK ids, which stay too) — plus user names in authentication logs.
 SECURITY_SCRUB = ("PRIVATE_KEY", "JWT", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN",
                   "STRIPE_KEY", "SECRET", "USER", "EMAIL", "CARD", "PHONE")
+# What the `code` kind scrubs by default: credentials and email addresses only. Addresses in code are constants
+# (localhost, netmasks, ipaddress's doctests) and card/phone shapes match number literals, so replacing them would
+# change what a program does; an email or a secret sits in a string or a comment, and its placeholder leaves the
+# file parseable (all 601 stdlib modules of the demo corpus still parse after it; 122 lose an author email).
+CODE_SCRUB = ("PRIVATE_KEY", "JWT", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN", "STRIPE_KEY",
+              "SECRET", "EMAIL")
+DEFAULT_SCRUB_BY_KIND = {"code": CODE_SCRUB, "security": SECURITY_SCRUB}
+# Every step a document can get without extra input (decontaminate needs eval files, classifier a trained model);
+# what each one does to a document is chosen by its source kind (docs/data.md "The default chain per kind").
+DEFAULT_STEPS = ("normalize", "length", "quality", "scrub", "exact_dedup", "near_dedup")
 
 
 class PrepareConfig(Section):
@@ -28,8 +38,9 @@ class PrepareConfig(Section):
     min_chars: int = Field(16, ge=0, description="drop documents shorter than this after normalisation")
     max_doc_bytes: int = Field(64 << 20, ge=1, description="refuse a single document larger than this")
     steps: list[str] = Field(
-        default_factory=lambda: ["normalize", "length", "exact_dedup"],
-        description="document steps, in order",
+        default_factory=lambda: list(DEFAULT_STEPS),
+        description="document steps, in order (default: the full chain; each source kind gets its own quality rules, "
+        "scrub list and near-dedup choice); a shorter list narrows it",
     )
     docs_per_file: int = Field(100_000, ge=1, description="documents per output Parquet file")
     errors: Literal["strict", "skip"] = Field(
@@ -38,8 +49,9 @@ class PrepareConfig(Section):
     overwrite: bool = Field(False, description="replace an existing output folder")
     # --- issue #5: quality, near-dedup, scrubbing, decontamination, execution (see docs/data.md) ---
     kind: Literal["auto", "web", "books", "code", "chat", "security"] = Field(
-        "auto", description="source kind for quality filters and scrubbing: auto, web, books, code, chat, security; "
-        "auto: feeds, STIX bundles and logs→security, web archives→web, code suffix→code, .txt/.md→books, else web"
+        "auto", description="source kind for quality filters, scrubbing and near-dedup: auto, web, books, code, chat, "
+        "security; auto: feeds, STIX bundles and logs→security, web archives→web, code suffix→code, .txt/.md→books, "
+        "else web"
     )
     kinds: dict[str, Literal["web", "books", "code", "chat", "security"]] = Field(
         default_factory=dict, description="glob on a document's source path → kind; overrides `kind` and the readers'"
@@ -51,13 +63,20 @@ class PrepareConfig(Section):
         default_factory=dict, description="filter name → thresholds to change (e.g. gopher_quality: {min_doc_words: 30})"
     )
     near_dedup: NearDedupConfig = Field(default_factory=lambda: NearDedupConfig())
+    # Beside near_dedup, not in it: NearDedupConfig is exactly the MinHash parameters (data/dedup.py MinHashParams).
+    near_dedup_kinds: list[Literal["web", "books", "code", "chat", "security"]] = Field(
+        default_factory=lambda: ["web", "books", "code", "chat"],
+        description="source kinds the near_dedup step compares (default: all but security, whose CVE records and "
+        "log windows are templated: two different CVEs of one product can differ in a few words)",
+    )
     scrub: list[str] | None = Field(
         None, description="PII/secret kinds to scrub (default: all but the opt-in USER; see docs/data.md)"
     )
     scrub_by_kind: dict[str, list[str]] = Field(
-        default_factory=lambda: {"security": list(SECURITY_SCRUB)},
-        description="source kind → PII/secret kinds to scrub there, replacing `scrub` for that kind (default: security "
-        "keeps IP addresses, the indicators of compromise, and scrubs user names in auth logs)",
+        default_factory=lambda: {kind: list(names) for kind, names in DEFAULT_SCRUB_BY_KIND.items()},
+        description="source kind → PII/secret kinds to scrub there, replacing `scrub` for that kind; entries you set "
+        "replace the default's entry for that kind only (default: code scrubs secrets and emails, not addresses or "
+        "numbers; security keeps IP addresses, the indicators of compromise, and scrubs user names in auth logs)",
     )
     scrub_by_source: dict[str, list[str]] = Field(
         default_factory=dict, description="glob on a document's source path → PII/secret kinds; overrides the rest"
@@ -90,6 +109,12 @@ class PrepareConfig(Section):
         default_factory=dict,
         description="glob on source path → weight: 2.5 writes each doc 2 or 3 times (2.5 on average), 0.3 keeps 30%",
     )
+
+    @field_validator("scrub_by_kind", mode="after")
+    @classmethod
+    def _scrub_defaults_stay(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        # Setting one kind (scrub_by_kind.web=[EMAIL]) must not silently hand code and security data every rule.
+        return {**{kind: list(names) for kind, names in DEFAULT_SCRUB_BY_KIND.items()}, **value}
 
 
 class NearDedupConfig(Section):

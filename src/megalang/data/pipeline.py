@@ -67,7 +67,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         if writer.documents == 0:
             removed = ", ".join(f"{name}={st.documents_removed}" for name, st in merged.stats.items())
             raise UserError(f"empty corpus: no documents left after filtering ({merged.documents_in} read from "
-                            f"{len(found.files)} files; removed {removed or 'none'}); check --input and --min-chars")
+                            f"{len(found.files)} files; removed {removed or 'none'}); check --input and --min-chars, "
+                            "or narrow --steps (quality drops short and templated text by its kind's rules)")
         write_rejected(tmp, merged.rejected)
         return write_manifest(
             tmp, STAGE, config=cfg.model_dump(), inputs=[describe_source(f) for f in found.files],

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from megalang.data._charsets import TERMINAL_PUNCTUATION
+from megalang.data.gutenberg import GutenbergBoilerplate
 from megalang.data.sources import source_matches
 from megalang.data.words import count_sentences, is_symbol, split_words
 from megalang.errors import UserError
@@ -349,14 +350,17 @@ class LowEntropy:
         return None
 
 
-FILTERS: dict[str, type] = {cls.name: cls for cls in (GopherRepetition, GopherQuality, C4Lines, FineWeb, LowEntropy)}
+FILTERS: dict[str, type] = {
+    cls.name: cls for cls in (GopherRepetition, GopherQuality, C4Lines, FineWeb, LowEntropy, GutenbergBoilerplate)
+}
 
-# FineWeb's order for web. Books keep Gopher's word-length, symbol and stop-word rules but not the length cap (a
-# novel has >100k words), the line rules (verse), the alpha-word ratio (spaCy-style tokens make every comma a
-# "word": blank verse lands at ~0.75) or the repetition rules (plays repeat speaker names, verse repeats refrains).
+# FineWeb's order for web. Books lose Project Gutenberg's licence header and footer first (data/gutenberg.py), then
+# keep Gopher's word-length, symbol and stop-word rules but not the length cap (a novel has >100k words), the line
+# rules (verse), the alpha-word ratio (spaCy-style tokens make every comma a "word": blank verse lands at ~0.75) or
+# the repetition rules (plays repeat speaker names, verse repeats refrains).
 DEFAULT_KIND_FILTERS: dict[str, list[str]] = {
     "web": ["gopher_repetition", "gopher_quality", "c4", "fineweb", "entropy"],
-    "books": ["gopher_quality", "entropy"],
+    "books": ["gutenberg", "gopher_quality", "entropy"],
     "code": ["entropy"],
     "chat": ["entropy"],
     # Advisories, ATT&CK entries and log windows: no prose rules (stop words, punctuation, bullet and word-length

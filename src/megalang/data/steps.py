@@ -133,7 +133,8 @@ class Decontaminate:
 
 
 class NearDedupSignature:
-    """The per-document half of `near_dedup`: the MinHash signature; clustering happens in the corpus phase."""
+    """The per-document half of `near_dedup`: the MinHash signature of a document whose kind is in
+    `near_dedup_kinds`; clustering happens in the corpus phase, over the documents that have one."""
 
     name = "near_dedup"
 
@@ -141,9 +142,11 @@ class NearDedupSignature:
         from megalang.data.dedup import MinHasher, MinHashParams
 
         self.hasher = MinHasher(MinHashParams(**cfg.near_dedup.model_dump()))
+        self.kinds = frozenset(cfg.near_dedup_kinds)
 
     def __call__(self, doc: Doc) -> Doc:
-        doc.signature = self.hasher.signature(doc.text)
+        if doc.kind in self.kinds:
+            doc.signature = self.hasher.signature(doc.text)
         return doc
 
 
