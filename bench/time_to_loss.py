@@ -18,7 +18,7 @@ split, no sampling); a contender reaches the target at the first evaluation at o
 wall time to the target are counted up to that step. Wall time is training time only: each contender's clock
 starts at its first step and stops during evaluations.
 
-Usage: python bench/time_to_loss.py [--seeds 1,2,3] [--steps 300] [--best-fraction 0.6] [--precision bf16]
+Usage: python bench/time_to_loss.py [--seeds 1,2,3] [--steps 300] [--best-fraction 0.5] [--precision bf16]
                                     [--eval-every 10] [--eval-batches 8] [--contenders seed,best,hf]
                                     [--best KEY=VALUE ...]
 Prints one JSON line.
@@ -195,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--steps", type=int, default=300, help="the seed recipe's (and HF Trainer's) steps")
-    parser.add_argument("--best-fraction", type=float, default=0.6, help="the best configuration's steps / --steps")
+    parser.add_argument("--best-fraction", type=float, default=0.5, help="the best configuration's steps / --steps")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--eval-every", type=int, default=10)
