@@ -412,7 +412,7 @@ def communication(shape: dict[str, Any], cfg: PlanConfig, gpu: Gpu, per_token: f
             "compute_seconds_per_step": compute, "over": "network" if spans_nodes else "nvlink"}
 
 
-def _si(value: float) -> str:
+def si(value: float) -> str:
     """7.25M, 100.3B, 10T: sizes as people say them (three significant digits)."""
     for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if value >= scale:
@@ -449,8 +449,8 @@ def format_plan(r: dict[str, Any]) -> str:
     g = 1 / GIB
     m = r["memory"]
     lines = [
-        f"model      {_si(r['model']['params'])} parameters ({r['model']['source']}), "
-        f"{_si(r['tokens'])} tokens ({r['chinchilla']['tokens_per_param']:.3g} per parameter)",
+        f"model      {si(r['model']['params'])} parameters ({r['model']['source']}), "
+        f"{si(r['tokens'])} tokens ({r['chinchilla']['tokens_per_param']:.3g} per parameter)",
         f"hardware   {r['gpus']} × {r['gpu']['name']} ({r['gpu']['peak_flops'] / 1e12:.3g} TFLOP/s {r['precision']} each), "
         f"dp={r['parallel']['dp']} tp={r['parallel']['tp']} pp={r['parallel']['pp']} {r['parallel']['sharding']}",
         f"compute    {r['total_flops']:.3g} FLOPs (6·N·D = {r['flops_6nd']:.3g}; {r['flops_per_token']:.3g} per token)",
@@ -466,11 +466,11 @@ def format_plan(r: dict[str, Any]) -> str:
                  f"activations {m['activations'] * g:.1f}, buffers {m['buffers'] * g:.1f}")
     lines.append("by strategy " + "  ".join(f"{k} {v['total'] * g:,.1f}" for k, v in r["memory_by_strategy"].items()) + " GiB")
     c = r["chinchilla"]["for_plan_flops"]
-    lines.append(f"chinchilla this compute is optimal for {_si(c['params'])} params on {_si(c['tokens'])} tokens")
+    lines.append(f"chinchilla this compute is optimal for {si(c['params'])} params on {si(c['tokens'])} tokens")
     if "for_deadline" in r["chinchilla"]:
         d = r["chinchilla"]["for_deadline"]
-        lines.append(f"           the deadline's compute ({d['flops']:.3g} FLOPs) is optimal for {_si(d['params'])} "
-                     f"params on {_si(d['tokens'])} tokens")
+        lines.append(f"           the deadline's compute ({d['flops']:.3g} FLOPs) is optimal for {si(d['params'])} "
+                     f"params on {si(d['tokens'])} tokens")
     lines.append("verdict    " + ("FEASIBLE" if r["feasible"] else "NOT FEASIBLE"))
     lines += [f"  - {reason}" for reason in r["reasons"]]
     lines += [f"  note: {note}" for note in r["notes"]]

@@ -27,6 +27,7 @@ from typing import Any
 
 from megalang.config import DataPlanConfig
 from megalang.errors import UserError
+from megalang.plan import si
 
 MB = 1e6
 SECONDS_PER_HOUR = 3600.0
@@ -124,7 +125,7 @@ def plan_data(cfg: DataPlanConfig) -> dict[str, Any]:
 
 def format_data_plan(r: dict[str, Any]) -> str:
     """The data plan as a short table for a terminal."""
-    lines = [f"corpus     {_si(r['tokens'])} tokens × {r['bytes_per_token']:.2f} bytes/token = "
+    lines = [f"corpus     {si(r['tokens'])} tokens × {r['bytes_per_token']:.2f} bytes/token = "
              f"{_bytes(r['kept_bytes'])} prepared text from {_bytes(r['raw_bytes'])} raw "
              f"(kept {r['kept_fraction']:.0%}); shards {_bytes(r['shard_bytes'])}",
              f"workers    {r['workers']:,} cores",
@@ -138,13 +139,6 @@ def format_data_plan(r: dict[str, Any]) -> str:
     lines += [f"NOT FEASIBLE: {reason}" for reason in r["reasons"]]
     lines += [f"note: {note}" for note in r["notes"]]
     return "\n".join(lines)
-
-
-def _si(value: float) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}"
 
 
 def _bytes(value: float) -> str:
